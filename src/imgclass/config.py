@@ -1,0 +1,88 @@
+"""TrainConfig and the named recipes.
+
+A recipe is data: every hyperparameter in one place, with its unit. The `seed` recipe is the
+reference system of `docs/reference-system` exactly (Keras CNN, Animals-10, 70.4 % val accuracy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation, Keras conventions (the reference used Keras preprocessing layers)."""
+
+    hflip: bool = True  # RandomFlip("horizontal"): probability 0.5
+    rotation: float = 0.1  # RandomRotation(0.1): fraction of a full turn, so +/-36 degrees
+    zoom: float = 0.1  # RandomZoom(0.1): +/-10 % of the image side, same factor for both axes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = "seed"
+    model: str = "seed_cnn"
+    image_size: int = 64  # pixels, square
+    val_split: float = 0.2  # fraction of each class held out for validation
+    seed: int = 0
+    epochs: int = 10  # maximum number of passes over the training split
+    batch_size: int = 32  # images per optimiser step
+    optimizer: str = "adam"
+    lr: float = 5e-4  # Adam learning rate, per step (not scaled by batch size)
+    adam_eps: float = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
+    patience: int = 3  # epochs without a lower validation loss before stopping; 0 = never stop
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: str = "auto"  # "auto" (bf16 where the hardware computes it natively), "bf16", "fp32"
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        """Return a copy with the given fields changed; None values are ignored."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["augment"] = AugmentConfig(**data.get("augment", {}))
+        return cls(**data)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first out-of-range value."""
+        checks = [
+            (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
+            (0.0 < self.val_split < 1.0, f"val_split must be in (0, 1), got {self.val_split}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (self.precision in ("auto", "bf16", "fp32"), f"unknown precision {self.precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+RECIPES: dict[str, TrainConfig] = {
+    # The reference system: Keras CNN, Adam 5e-4, batch 32, <= 10 epochs, early stopping (3).
+    "seed": TrainConfig(),
+}
+
+
+def load_recipe(name_or_path: str) -> TrainConfig:
+    """A named recipe, or a JSON file holding TrainConfig fields (missing ones take `seed` values)."""
+    if name_or_path in RECIPES:
+        return RECIPES[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        data = json.loads(path.read_text())
+        return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data, "recipe": path.stem})
+    raise ValueError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(RECIPES)} "
+                     "or give a .json recipe file")

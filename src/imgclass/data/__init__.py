@@ -1,0 +1,1 @@
+"""Reading labelled photos: decoding, datasets and splits."""
