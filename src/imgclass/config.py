@@ -15,7 +15,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-only augmentation, Keras conventions (the reference used Keras preprocessing layers)."""
+    """Training-only augmentation in Keras conventions (the reference used Keras layers)."""
 
     hflip: bool = True  # RandomFlip("horizontal"): probability 0.5
     rotation: float = 0.1  # RandomRotation(0.1): fraction of a full turn, so +/-36 degrees
@@ -77,12 +77,12 @@ RECIPES: dict[str, TrainConfig] = {
 
 
 def load_recipe(name_or_path: str) -> TrainConfig:
-    """A named recipe, or a JSON file holding TrainConfig fields (missing ones take `seed` values)."""
+    """A named recipe, or a JSON file of TrainConfig fields (missing ones take `seed` values)."""
     if name_or_path in RECIPES:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
         data = json.loads(path.read_text())
         return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data, "recipe": path.stem})
-    raise ValueError(f"unknown recipe {name_or_path!r}: choose one of {', '.join(RECIPES)} "
-                     "or give a .json recipe file")
+    raise ValueError(f"unknown recipe {name_or_path!r}: choose one of "
+                     f"{', '.join(RECIPES)} or give a .json recipe file")

@@ -58,7 +58,8 @@ def configure(threads: int | None = None) -> None:
     allocator = _keep_freed_memory()
     torch.set_num_threads(threads or usable_cores())
     _configured = True
-    log.debug("runtime: %d threads, glibc keeps freed memory: %s", torch.get_num_threads(), allocator)
+    log.debug("runtime: %d threads, glibc keeps freed memory: %s",
+              torch.get_num_threads(), allocator)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,8 @@ from functools import partial
 from itertools import count
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from imgclass import atomic
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def prepare(
             _copy_source(source, wanted, out, limits, report)
     report.counts = {c: _count_images(out / c) for c in sorted(wanted)}
     report.renamed = dict(sorted(report.renamed.items()))
-    log.info("prepared %s: %s, %d files written", out, report.counts, report.written)
+    log.debug("prepared %s: %s, %d files written", out, report.counts, report.written)
     return report
 
 
@@ -177,7 +178,7 @@ def _copy_source(
         reason = f"holds none of the wanted classes (found: {', '.join(held)})"
     if reason:
         report.left_out.append(LeftOut(source.label, reason))
-        log.info("%s: left out: %s", source.label, reason)
+        log.debug("%s: left out: %s", source.label, reason)
         if not held:
             report.skipped += source.skipped  # they say why nothing was usable
         return
@@ -275,7 +276,7 @@ def _scan_folder(
 
 
 def _folder_refusal(folder: Path, top: Path, seen: set[Path], label: str) -> str | None:
-    if _is_junk([folder.name]):
+    if is_os_junk([folder.name]):
         return "OS junk folder"
     if folder.is_symlink() and not folder.resolve().is_relative_to(top):
         return f"symbolic link pointing outside {label}: refused"
@@ -301,7 +302,7 @@ def _add_member(
         )
 
 
-def _is_junk(parts: Sequence[str]) -> bool:
+def is_os_junk(parts: Sequence[str]) -> bool:
     hidden = any(p.startswith(".") and p not in (".", "..") for p in parts)
     return hidden or "__MACOSX" in parts or parts[-1].lower() in _JUNK_NAMES
 
@@ -312,7 +313,7 @@ def _bad_name(name: str) -> bool:
 
 def _member_problem(parts: Sequence[str]) -> str | None:
     """Why the file at these path parts is not an image to copy; None when it is."""
-    if _is_junk(parts):
+    if is_os_junk(parts):
         return "OS junk file"
     suffix = PurePosixPath(parts[-1]).suffix.lower()
     if suffix == ".zip":
@@ -373,24 +374,11 @@ def _store(out: Path, label: str, cand: _Candidate, data: bytes) -> bool:
             )
         dest.parent.mkdir(exist_ok=True)
         if not dest.exists() and not dest.is_symlink():
-            _write_atomic(dest, data)
+            atomic.write_bytes(dest, data)
             return True
         if dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
             return False
     raise AssertionError("unreachable")
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    # A hidden temporary file in the same folder: an interrupted run leaves no half image.
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _count_images(folder: Path) -> int:

@@ -1,0 +1,3 @@
+from imgclass.cli import main
+
+main()

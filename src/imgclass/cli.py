@@ -1,0 +1,150 @@
+"""The `imgclass` command: parse arguments, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("imgclass")
+
+
+class _Errors(click.Group):
+    """Known errors (bad data, bad files, bad values) become one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        from imgclass.checkpoint import CheckpointError
+        from imgclass.data.ingest import UnsafeArchiveError
+        from imgclass.data.scan import DataError
+
+        try:
+            return super().invoke(ctx)
+        except (DataError, CheckpointError, UnsafeArchiveError, FileNotFoundError,
+                FileExistsError, ValueError) as err:
+            raise click.ClickException(str(err)) from err
+
+
+@click.group(cls=_Errors)
+@click.option("-v", "--verbose", is_flag=True, help="Show debug messages.")
+@click.version_option(package_name="imgclass")
+def main(verbose: bool) -> None:
+    """Train, evaluate and use image classifiers from folders or zip archives of photos."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _table(rows: list[tuple], headers: tuple) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(headers, widths))]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder to write, one sub-folder per class.")
+@click.option("--classes", multiple=True, help="Keep only these classes (names after mapping); "
+              "repeat the option or separate with spaces or commas.")
+@click.option("--map", "maps", multiple=True, metavar="FROM=TO",
+              help="Rename a class folder, e.g. --map gatto=cat.")
+@click.option("--no-builtin-names", is_flag=True,
+              help="Do not translate the Animals-10 Italian folder names.")
+def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
+            maps: tuple[str, ...], no_builtin_names: bool) -> None:
+    """Unpack zip archives and folders of photos into one folder per class."""
+    from imgclass.data.ingest import parse_name_map
+    from imgclass.data.ingest import prepare as run_prepare
+
+    wanted = [c for spec in classes for c in spec.replace(",", " ").split()] or None
+    report = run_prepare(sources, out, classes=wanted, name_map=parse_name_map(maps),
+                         builtin_names=not no_builtin_names)
+    for left in report.left_out:
+        click.echo(f"left out: {left.source}: {left.reason}")
+    for source, target in sorted(report.renamed.items()):
+        click.echo(f"renamed: {source} -> {target}")
+    click.echo(_table(sorted(report.counts.items()), ("class", "images")))
+    click.echo(f"{sum(report.counts.values())} images in {len(report.counts)} classes in "
+               f"{report.out_dir} ({report.written} written now)")
+    if report.skipped:
+        click.echo(f"\n{len(report.skipped)} files skipped:")
+        click.echo(_table([(s.source, s.member, s.reason) for s in report.skipped],
+                          ("source", "file", "reason")))
+
+
+@main.command()
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False,
+                                                            path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run directory (default runs/<data>-<recipe>-<time>).")
+@click.option("--recipe", default="seed", show_default=True,
+              help="A named recipe (seed) or a .json recipe file.")
+@click.option("--image-size", type=int, help="Side of the square input, pixels.")
+@click.option("--epochs", type=int, help="Maximum number of epochs.")
+@click.option("--batch-size", type=int, help="Images per optimiser step.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--val-split", type=float, help="Fraction of each class held out.")
+@click.option("--seed", type=int, help="Seed of every random stream (split, order, ...).")
+@click.option("--patience", type=int, help="Early-stopping patience in epochs (0: off).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
+              help="auto: bf16 where the hardware computes it natively.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+def train(data_dir: Path | None, out: Path | None, recipe: str, cache_dir: Path | None,
+          overwrite: bool, **overrides) -> None:
+    """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits)."""
+    from imgclass.training import train as run_train
+
+    result = run_train(data_dir, out, recipe=recipe, cache_dir=cache_dir, progress=True,
+                       overwrite=overwrite, **overrides)
+    click.echo(f"run written to {result.run_dir}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_dir", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Where to write the results.")
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None) -> None:
+    """Metrics of RUN on its validation split, or on DATA_DIR/<class>/<images>."""
+    from imgclass.evaluation import evaluate as run_evaluate
+
+    m = run_evaluate(run, data_dir, out=out, cache_dir=cache_dir)
+    click.echo(f"{m.count} images: accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}")
+    click.echo(_table([(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
+                        v["support"]) for name, v in m.per_class.items()],
+                      ("class", "precision", "recall", "f1", "support")))
+    click.echo("confusion matrix (rows: true, columns: predicted)")
+    click.echo(_table([(name, *row) for name, row in zip(m.classes, m.confusion)],
+                      ("", *m.classes)))
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def predict(run: Path, paths: tuple[Path, ...], top_k: int, as_json: bool) -> None:
+    """Labels with probabilities for image files or folders of them."""
+    from imgclass.predict import Predictor
+
+    skipped = 0
+    for p in Predictor(run).predict(paths, top_k=top_k):
+        skipped += p.error is not None
+        if as_json:
+            click.echo(json.dumps({"path": p.path, "labels": p.labels,
+                                   "probabilities": p.probabilities, "error": p.error}))
+        elif p.error:
+            click.echo(f"{p.path}\tskipped: {p.error}")
+        else:
+            click.echo(f"{p.path}\t" + "  ".join(
+                f"{label} {prob:.3f}" for label, prob in zip(p.labels, p.probabilities)))
+    if skipped:
+        log.warning("%d files skipped (not decodable images)", skipped)

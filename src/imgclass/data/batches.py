@@ -1,0 +1,69 @@
+"""Decoded uint8 images -> float batches: shuffle, scale to [0, 1], augment, prefetch.
+
+Batches are channels_last (N, 3, H, W) float32 tensors: the uint8 cache is stored (N, H, W, 3), so
+the permuted view already has channels_last strides and no copy reorders it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]: the one preprocessing step."""
+    return pixels.permute(0, 3, 1, 2).float().div_(255)
+
+
+def iterate_batches(
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: torch.Generator | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[Batch]:
+    """Batches in order, or in a fresh random order when a shuffle generator is given."""
+    n = len(labels)
+    order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        x = to_float(pixels[index])
+        yield (augment(x) if augment else x), labels[index]
+
+
+def prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """Prepare the next `depth` batches in a background thread while the model trains."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                slots.put(batch)
+            slots.put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            slots.put(err)
+
+    worker = threading.Thread(target=produce, daemon=True, name="imgclass-prefetch")
+    worker.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)

@@ -1,0 +1,123 @@
+"""Manifest -> decoded uint8 images, decoding each (file content, image size) once.
+
+The store is content-addressed: `<cache>/decoded/<H>x<W>/<digest>.npy` holds the pixels of some
+files and `<digest>.json` their sha256 hashes (and the reasons for those that failed to decode).
+A later run decodes only the contents no shard holds yet; an unchanged data set decodes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclass import atomic
+from imgclass.data.images import ImageDecodeError, decode_image
+from imgclass.data.scan import Manifest
+from imgclass.runtime import usable_cores
+
+log = logging.getLogger(__name__)
+
+_PARALLEL_FROM = 64  # fewer files than this decode in-process: a pool costs more than it saves
+
+
+def default_cache_dir() -> Path:
+    """$IMGCLASS_CACHE_DIR, else $XDG_CACHE_HOME/imgclass, else ~/.cache/imgclass."""
+    if os.environ.get("IMGCLASS_CACHE_DIR"):
+        return Path(os.environ["IMGCLASS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "imgclass"
+
+
+@dataclass
+class DecodedImages:
+    pixels: np.ndarray  # (n_ok, H, W, 3) uint8, rows in manifest order of the decodable files
+    ok: np.ndarray  # (n_items,) bool: which manifest items decoded
+    failures: dict[int, str]  # manifest index -> reason, for the items that did not
+    decoded_now: int  # how many contents this call decoded (0 on a warm cache)
+
+
+def _decode_one(path: str, size: int) -> np.ndarray | str:
+    try:
+        return decode_image(path, (size, size))
+    except ImageDecodeError as err:
+        return err.reason
+
+
+class _Shards:
+    """The shards of one image size: sha256 -> pixels (memory-mapped) or failure reason."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.rows: dict[str, tuple[np.ndarray, int]] = {}
+        self.failed: dict[str, str] = {}
+        for index_file in sorted(folder.glob("*.json")):
+            try:
+                index = json.loads(index_file.read_text())
+                pixels = np.load(index_file.with_suffix(".npy"), mmap_mode="r")
+            except (OSError, ValueError) as err:
+                log.warning("cache shard %s unreadable (%s): ignored", index_file, err)
+                continue
+            for row, sha in enumerate(index["sha256"]):
+                self.rows[sha] = (pixels, row)
+            self.failed.update(index["failed"])
+
+    def add(self, shas: list[str], pixels: np.ndarray, failed: dict[str, str]) -> None:
+        """Write one new shard (pixels first; the index last, as the commit)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256("".join(sorted(shas + list(failed))).encode()).hexdigest()[:24]
+        npy = self.folder / f"{digest}.npy"
+        tmp = npy.with_name(f".{npy.name}.part")
+        with open(tmp, "wb") as f:
+            np.save(f, pixels)
+        os.replace(tmp, npy)
+        atomic.write_json(npy.with_suffix(".json"), {"sha256": shas, "failed": failed})
+        for row, sha in enumerate(shas):
+            self.rows[sha] = (pixels, row)
+        self.failed.update(failed)
+
+
+def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | None = None,
+                workers: int | None = None) -> DecodedImages:
+    """Decoded pixels of every manifest item, from the cache where it has them."""
+    shards = _Shards(Path(cache_dir or default_cache_dir()) / "decoded" / f"{size}x{size}")
+    todo: dict[str, str] = {}  # sha -> one path holding that content
+    for item in manifest.items:
+        if item.sha256 not in shards.rows and item.sha256 not in shards.failed:
+            todo.setdefault(item.sha256, str(manifest.absolute(item)))
+    if todo:
+        log.info("decoding %d images to %dx%d (cached for later runs)", len(todo), size, size)
+        results = _decode_all(list(todo.values()), size, workers)
+        good = [(sha, r) for sha, r in zip(todo, results) if not isinstance(r, str)]
+        failed = {sha: r for sha, r in zip(todo, results) if isinstance(r, str)}
+        pixels = (np.stack([r for _, r in good]) if good
+                  else np.zeros((0, size, size, 3), np.uint8))
+        shards.add([sha for sha, _ in good], pixels, failed)
+    ok = np.array([item.sha256 in shards.rows for item in manifest.items], dtype=bool)
+    out = np.empty((int(ok.sum()), size, size, 3), np.uint8)
+    failures: dict[int, str] = {}
+    row = 0
+    for index, item in enumerate(manifest.items):
+        if ok[index]:
+            source, source_row = shards.rows[item.sha256]
+            out[row] = source[source_row]
+            row += 1
+        else:
+            failures[index] = shards.failed[item.sha256]
+    return DecodedImages(out, ok, failures, len(todo))
+
+
+def _decode_all(paths: list[str], size: int, workers: int | None) -> list[np.ndarray | str]:
+    workers = workers or usable_cores()
+    if workers <= 1 or len(paths) < _PARALLEL_FROM:
+        return [_decode_one(p, size) for p in paths]
+    # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and threads
+    # need no bootstrapping of __main__ (scripts, notebooks) nor fork a multi-threaded process.
+    with ThreadPoolExecutor(workers, thread_name_prefix="imgclass-decode") as pool:
+        return list(pool.map(_decode_one, paths, [size] * len(paths)))

@@ -1,0 +1,126 @@
+"""Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix of a model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from torch import nn
+
+from imgclass import atomic
+from imgclass.checkpoint import load_model
+from imgclass.data.batches import iterate_batches
+from imgclass.data.dataset import Dataset, load_dataset
+from imgclass.data.scan import DataError
+from imgclass.report import plot_confusion
+from imgclass.runtime import Device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassificationMetrics:
+    classes: list[str]
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, dict[str, float]]  # class -> precision, recall, f1, support
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    count: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           classes: list[str]) -> ClassificationMetrics:
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+    }
+    present = support > 0  # classes absent from this data do not drag macro-F1 down
+    return ClassificationMetrics(
+        classes=list(classes),
+        accuracy=float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
+        per_class=per_class,
+        confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        count=len(y_true),
+    )
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, pixels: np.ndarray | torch.Tensor, device: Device,
+                  batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing."""
+    model.eval()
+    pixels = torch.as_tensor(pixels)
+    out = []
+    for x, _ in iterate_batches(pixels, torch.zeros(len(pixels)), batch_size):
+        with device.autocast():
+            logits = model(x.to(device.torch_device))
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    n_classes = out[0].shape[1] if out else 0
+    return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
+
+
+def write_metrics(metrics: ClassificationMetrics, folder: Path, prefix: str = "") -> None:
+    """`<prefix>confusion.json`, `<prefix>confusion.png` and `<prefix>evaluation.json`."""
+    atomic.write_json(folder / f"{prefix}evaluation.json", metrics.to_dict())
+    atomic.write_json(folder / f"{prefix}confusion.json",
+                      {"classes": metrics.classes, "matrix": metrics.confusion})
+    plot_confusion(np.array(metrics.confusion), metrics.classes, folder / f"{prefix}confusion.png")
+
+
+def _validation_subset(run: Path, dataset: Dataset) -> np.ndarray:
+    split = json.loads((run / "split.json").read_text())
+    wanted = {(entry["path"], entry["sha256"]) for entry in split["val"]}
+    keep = [i for i, key in enumerate(zip(dataset.paths, dataset.sha256)) if key in wanted]
+    if len(keep) < len(wanted):
+        log.warning("%d validation files of %s are missing or changed since training",
+                    len(wanted) - len(keep), dataset.root)
+    return np.array(keep, dtype=np.int64)
+
+
+def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
+             out: str | os.PathLike | None = None,
+             cache_dir: str | os.PathLike | None = None) -> ClassificationMetrics:
+    """Metrics of a run's model on its own validation split, or on another class-folder tree.
+
+    Writes evaluation.json, confusion.json and confusion.png into `out` (default: the run
+    directory for its own split, RUN/eval-<folder name> for other data).
+    """
+    run = Path(run)
+    loaded = load_model(run)
+    classes = loaded.meta.classes
+    if data_dir is None:
+        config = json.loads((run / "config.json").read_text())
+        dataset = load_dataset(config["data_dir"], loaded.meta.image_size, cache_dir)
+        subset = _validation_subset(run, dataset)
+        pixels, labels = dataset.pixels[subset], dataset.labels[subset]
+        if dataset.classes != classes:
+            raise DataError(f"{dataset.root}: classes changed since training "
+                            f"({dataset.classes} vs {classes})")
+        folder = Path(out) if out else run
+    else:
+        dataset = load_dataset(data_dir, loaded.meta.image_size, cache_dir)
+        unknown = sorted(set(dataset.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{dataset.root}: classes unknown to the model: {', '.join(unknown)} "
+                            f"(the model knows {', '.join(classes)})")
+        remap = np.array([classes.index(name) for name in dataset.classes], dtype=np.int64)
+        pixels, labels = dataset.pixels, remap[dataset.labels]
+        folder = Path(out) if out else run / f"eval-{dataset.root.resolve().name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    probabilities = predict_proba(loaded.model, pixels, Device.select())
+    metrics = classification_metrics(labels, probabilities.argmax(axis=1), classes)
+    write_metrics(metrics, folder)
+    return metrics

@@ -1,0 +1,259 @@
+"""train(): data folder in, run directory out. fit(): epochs, early stopping, history.
+
+The main path, top to bottom: load the data (scan, decode once), split, build the model, fit
+with early stopping on validation loss (restoring the best weights), save everything a later
+command needs into the run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from imgclass import atomic, runtime
+from imgclass.checkpoint import WEIGHTS, ModelMeta, save_model
+from imgclass.config import TrainConfig, load_recipe
+from imgclass.data.augment import KerasAugment
+from imgclass.data.batches import iterate_batches, prefetch
+from imgclass.data.builtin import digits_folder
+from imgclass.data.dataset import Dataset, load_dataset
+from imgclass.data.split import stratified_split
+from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
+from imgclass.models import build_model
+from imgclass.models.summary import model_summary
+from imgclass.report import plot_curves
+from imgclass.runtime import Device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    images_per_s: float  # training images per second of the training pass
+    data_wait: float  # share of the training pass spent waiting for a batch
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    config: TrainConfig
+    classes: list[str]
+    history: list[EpochStats]
+    restored_epoch: int  # the epoch whose weights were kept (lowest validation loss)
+    metrics: dict
+
+
+class _Tensors:
+    """One split held as tensors: uint8 pixels (N, H, W, 3) and int64 labels."""
+
+    def __init__(self, dataset: Dataset, index: np.ndarray):
+        self.pixels = torch.from_numpy(dataset.pixels[index])
+        self.labels = torch.from_numpy(dataset.labels[index])
+
+
+def train_one_epoch(model: nn.Module, data: _Tensors, optimizer: torch.optim.Optimizer,
+                    config: TrainConfig, device: Device, shuffle: torch.Generator,
+                    augment: KerasAugment, progress: bool, desc: str) -> tuple[float, float, float]:
+    """One pass over the training split -> (loss, accuracy, share of the time spent waiting)."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss = correct = seen = 0.0
+    waited = 0.0
+    start = time.perf_counter()
+    batches = prefetch(iterate_batches(data.pixels, data.labels, config.batch_size,
+                                       shuffle=shuffle, augment=augment))
+    bar = tqdm(total=len(data.labels), desc=desc, unit="img", leave=False,
+               disable=None if progress else True)
+    with bar:
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - t
+            if batch is None:
+                break
+            x, y = (v.to(device.torch_device, non_blocking=True) for v in batch)
+            with device.autocast():
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(y)
+            total_loss += loss.item() * n
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += n
+            bar.update(n)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+    return total_loss / seen, correct / seen, waited / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, data: _Tensors, device: Device,
+             batch_size: int = 256) -> tuple[float, float]:
+    probabilities = torch.from_numpy(predict_proba(model, data.pixels, device, batch_size))
+    loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), data.labels)
+    accuracy = (probabilities.argmax(1) == data.labels).float().mean()
+    return loss.item(), accuracy.item()
+
+
+def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
+        device: Device, progress: bool = False) -> tuple[list[EpochStats], int]:
+    """Train with early stopping on validation loss; the model ends with the best weights."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+    shuffle = runtime.generator(config.seed, "shuffle")
+    augment = KerasAugment(config.augment, runtime.generator(config.seed, "augment"))
+    history: list[EpochStats] = []
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_acc, waited = train_one_epoch(
+            model, train_data, optimizer, config, device, shuffle, augment, progress,
+            desc=f"epoch {epoch}/{config.epochs}")
+        train_seconds = time.perf_counter() - start
+        val_loss, val_acc = validate(model, val_data, device)
+        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
+                           time.perf_counter() - start, len(train_data.labels) / train_seconds,
+                           waited)
+        history.append(stats)
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s  "
+                 "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss, val_acc,
+                 stats.seconds, stats.images_per_s)
+        if val_loss < best_loss:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif config.patience and epoch - best_epoch >= config.patience:
+            log.info("early stopping: validation loss has not improved for %d epochs",
+                     config.patience)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
+                 best_epoch, best_loss)
+    return history, best_epoch
+
+
+def _history_csv(history: list[EpochStats]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(asdict(history[0])), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(h) for h in history)
+    return buffer.getvalue()
+
+
+def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
+             overwrite: bool) -> Path:
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{data_dir.resolve().name}-{recipe}-{stamp}"
+    out = Path(out)
+    if (out / WEIGHTS).exists() and not overwrite:
+        raise FileExistsError(f"{out}: holds a finished run; choose another --out or overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
+          recipe: str = "seed", cache_dir: str | os.PathLike | None = None,
+          progress: bool = False, overwrite: bool = False, **overrides) -> TrainResult:
+    """Train a classifier on a class-folder tree (default: the built-in digits) into a run folder.
+
+    overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
+    """
+    config = load_recipe(recipe).replace(**overrides)
+    config.validate()
+    runtime.configure()
+    if data_dir is None:
+        data_dir = digits_folder(cache_dir)
+        log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
+    data_dir = Path(data_dir)
+    run_dir = _run_dir(out, data_dir, config.recipe, overwrite)
+    log_handler = logging.FileHandler(run_dir / "train.log", mode="w", encoding="utf-8")
+    log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("imgclass").addHandler(log_handler)
+    try:
+        return _train(data_dir, run_dir, config, cache_dir, progress)
+    finally:
+        logging.getLogger("imgclass").removeHandler(log_handler)
+        log_handler.close()
+
+
+def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
+           cache_dir: str | os.PathLike | None, progress: bool) -> TrainResult:
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir, config.image_size, cache_dir)
+    log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
+             len(dataset.labels), len(dataset.classes),
+             ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
+             len(dataset.skipped), dataset.decoded_now)
+    split = stratified_split(dataset.labels, config.val_split, config.seed)
+    device = Device.select(config.precision)
+    atomic.write_json(run_dir / "config.json", {
+        **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
+        "device": str(device.torch_device), "precision_used": device.precision,
+        "threads": torch.get_num_threads()})
+    atomic.write_json(run_dir / "split.json", {
+        "seed": config.seed, "val_split": config.val_split,
+        **{name: [{"path": dataset.paths[i], "sha256": dataset.sha256[i],
+                   "label": dataset.classes[dataset.labels[i]]} for i in index]
+           for name, index in (("train", split.train), ("val", split.val))}})
+    atomic.write_json(run_dir / "skipped.json",
+                      [{"path": s.path, "reason": s.reason} for s in dataset.skipped])
+
+    torch.manual_seed(runtime.stream_seed(config.seed, "init"))
+    model = build_model(config.model, len(dataset.classes), config.image_size)
+    log.info("%s", model_summary(model, config.image_size, title=f"model {config.model}"))
+    model = model.to(device.torch_device, memory_format=torch.channels_last)
+    train_data, val_data = _Tensors(dataset, split.train), _Tensors(dataset, split.val)
+    log.info("training on %d images, validating on %d; %s, %s, %d threads",
+             len(split.train), len(split.val), device.torch_device, device.precision,
+             torch.get_num_threads())
+    history, restored = fit(model, train_data, val_data, config, device, progress)
+
+    save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
+                                                  config.model))
+    atomic.write_text(run_dir / "history.csv", _history_csv(history))
+    columns = {k: [asdict(h)[k] for h in history] for k in asdict(history[0])}
+    plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
+    probabilities = predict_proba(model, val_data.pixels, device)
+    validation = classification_metrics(val_data.labels.numpy(), probabilities.argmax(1),
+                                        dataset.classes)
+    write_metrics(validation, run_dir)
+    best = max(history, key=lambda h: h.val_acc)
+    metrics = {
+        "best_val_acc": best.val_acc, "best_val_acc_epoch": best.epoch,
+        "restored_epoch": restored, "restored_val_acc": history[restored - 1].val_acc,
+        "lowest_val_loss": min(h.val_loss for h in history),
+        "final_train_acc": history[-1].train_acc, "final_epoch": history[-1].epoch,
+        "stopped_early": history[-1].epoch < config.epochs,
+        "val_accuracy": validation.accuracy, "val_macro_f1": validation.macro_f1,
+        "train_images": len(split.train), "val_images": len(split.val),
+        "skipped_files": len(dataset.skipped),
+        "train_seconds": sum(h.seconds for h in history),
+        "total_seconds": time.perf_counter() - started,
+    }
+    atomic.write_json(run_dir / "metrics.json", metrics)
+    log.info("best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
+             "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "
+             "loss %.4f; %d files skipped", best.val_acc, best.epoch, restored,
+             validation.accuracy, validation.macro_f1, history[-1].train_acc,
+             history[-1].epoch, metrics["lowest_val_loss"], len(dataset.skipped))
+    return TrainResult(run_dir, config, dataset.classes, history, restored, metrics)
