@@ -32,7 +32,10 @@ class _Errors(click.Group):
 @click.version_option(package_name="imgclass")
 def main(verbose: bool) -> None:
     """Train, evaluate and use image classifiers from folders or zip archives of photos."""
+    for old in [h for h in log.handlers if h.get_name() == "imgclass-cli"]:
+        log.removeHandler(old)  # main() runs again when called in-process (tests, notebooks)
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("imgclass-cli")
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)

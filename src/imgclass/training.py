@@ -115,14 +115,33 @@ def validate(model: nn.Module, data: _Tensors, device: Device,
     return loss.item(), accuracy.item()
 
 
+class EarlyStopping:
+    """Keras' EarlyStopping(monitor="val_loss", patience, restore_best_weights=True)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience  # 0: never stop early
+        self.best_loss, self.best_epoch, self.best_state = math.inf, 0, None
+
+    def should_stop(self, epoch: int, val_loss: float, model: nn.Module) -> bool:
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch = val_loss, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        return bool(self.patience) and epoch - self.best_epoch >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+
 def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
         device: Device, progress: bool = False) -> tuple[list[EpochStats], int]:
     """Train with early stopping on validation loss; the model ends with the best weights."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
     shuffle = runtime.generator(config.seed, "shuffle")
     augment = KerasAugment(config.augment, runtime.generator(config.seed, "augment"))
+    stopper = EarlyStopping(config.patience)
     history: list[EpochStats] = []
-    best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc, waited = train_one_epoch(
@@ -137,18 +156,14 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s  "
                  "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss, val_acc,
                  stats.seconds, stats.images_per_s)
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        elif config.patience and epoch - best_epoch >= config.patience:
+        if stopper.should_stop(epoch, val_loss, model):
             log.info("early stopping: validation loss has not improved for %d epochs",
                      config.patience)
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
-                 best_epoch, best_loss)
-    return history, best_epoch
+    stopper.restore(model)
+    log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
+             stopper.best_epoch, stopper.best_loss)
+    return history, stopper.best_epoch
 
 
 def _history_csv(history: list[EpochStats]) -> str:

@@ -85,7 +85,7 @@ def decode_image(
         img.load()
         _exif_transpose(img, name)
         rgb = _to_rgb(img).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+        return np.array(rgb, dtype=np.uint8)  # a writable, contiguous copy
 
 
 def read_image_header(

@@ -1,0 +1,57 @@
+"""Fixtures: tiny real image trees made on the fly, a cache under tmp, one trained run per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+COLOURS = {"blue": (30, 60, 200), "red": (200, 40, 30), "green": (40, 180, 60)}
+
+
+def shared_dataset(name: str) -> Path:
+    """A folder of ../shared/datasets (or $IMGCLASS_SHARED_DATASETS); skips the test when absent."""
+    base = os.environ.get("IMGCLASS_SHARED_DATASETS")
+    root = Path(base) if base else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    if not (root / name).exists():
+        pytest.skip(f"{root / name} is absent (only developers and CI have shared/datasets)")
+    return root / name
+
+
+def make_class_tree(root: Path, per_class: int = 12, size: int = 24, seed: int = 0,
+                    classes: dict[str, tuple[int, int, int]] = COLOURS) -> Path:
+    """root/<colour>/<n>.jpg: noisy squares of one colour per class, easy to learn."""
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-40, 40, (size, size, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:03d}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("IMGCLASS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def class_tree(tmp_path) -> Path:
+    return make_class_tree(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A real (short) training run on a 3-class tree, shared by the read-only tests."""
+    from imgclass.training import train
+
+    base = tmp_path_factory.mktemp("trained")
+    data = make_class_tree(base / "data", per_class=16)
+    result = train(data, base / "run", cache_dir=base / "cache", image_size=16, epochs=4,
+                   batch_size=8, seed=1)
+    return result.run_dir

@@ -1,0 +1,66 @@
+import json
+import re
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from imgclass.cli import main
+from tests.conftest import make_class_tree, shared_dataset
+
+SIX = ["cat", "chicken", "cow", "dog", "horse", "spider"]
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_python_dash_m_runs_the_command():
+    out = subprocess.run([sys.executable, "-m", "imgclass", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for command in ("prepare", "train", "evaluate", "predict"):
+        assert command in out
+
+
+def test_prepare_animals10_raw_gives_the_six_reference_classes(tmp_path):
+    raw = shared_dataset("animals10-raw")
+    result = run_cli("prepare", raw, "--classes", " ".join(SIX), "--out", tmp_path / "a6")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "a6").iterdir()) == SIX
+    for name in SIX:
+        assert len(list((tmp_path / "a6" / name).iterdir())) == 32
+        assert re.search(rf"^{name}\s+32\s*$", result.output, re.MULTILINE)
+    left_out = [line for line in result.output.splitlines() if line.startswith("left out:")]
+    assert any("football_test.zip" in line for line in left_out)
+    assert any("indoor_scenes" in line for line in left_out)
+    assert len(left_out) == 6  # the two irrelevant archives and four unwanted animals
+
+
+def test_train_evaluate_predict_through_the_cli(tmp_path):
+    data = make_class_tree(tmp_path / "data", per_class=8)
+    run = tmp_path / "runs" / "x"
+    result = run_cli("train", data, "--out", run, "--image-size", "16", "--epochs", "2",
+                     "--batch-size", "8", "--lr", "0.001", "--val-split", "0.25", "--seed", "3",
+                     "--patience", "1")
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert (config["image_size"], config["epochs"], config["batch_size"], config["lr"],
+            config["val_split"], config["seed"], config["patience"]) == (16, 2, 8, 1e-3, 0.25, 3, 1)
+    assert "Total" in result.stderr and "epoch 1/2" in result.stderr
+
+    result = run_cli("evaluate", run)
+    assert result.exit_code == 0 and "macro-F1" in result.output and "confusion" in result.output
+
+    result = run_cli("predict", run, data / "red", "--top-k", "2", "--json")
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 8 and all(len(r["labels"]) == 2 for r in rows)
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "a").mkdir()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "only")])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "missing" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from imgclass.data.batches import iterate_batches
+from imgclass.data.dataset import load_dataset
+from imgclass.evaluation import predict_proba
+from imgclass.predict import Predictor
+from tests.conftest import make_class_tree
+
+
+def test_predict_preprocessing_is_the_validation_tensor(trained_run, tmp_path):
+    data = make_class_tree(tmp_path / "d", per_class=2, size=37)
+    dataset = load_dataset(data, 16, cache_dir=tmp_path / "cache")
+    validation_x, _ = next(iterate_batches(torch.from_numpy(dataset.pixels),
+                                           torch.from_numpy(dataset.labels), 64))
+    predictor = Predictor(trained_run)
+    for row, path in enumerate(dataset.paths):
+        x = predictor.preprocess(data / path)
+        assert torch.equal(x, validation_x[row:row + 1])
+
+
+def test_predict_files_and_folders_with_top_k(trained_run, tmp_path):
+    data = make_class_tree(tmp_path / "d", per_class=3, seed=4)
+    (data / "red" / "notes.txt").write_text("not an image")
+    predictor = Predictor(trained_run)
+    results = predictor.predict([data / "blue" / "blue_000.jpg", data / "red"], top_k=2)
+    assert [r.path.rsplit("/", 1)[-1] for r in results] == [
+        "blue_000.jpg", "notes.txt", "red_000.jpg", "red_001.jpg", "red_002.jpg"]
+    good = [r for r in results if r.error is None]
+    assert all(len(r.labels) == 2 and r.probabilities[0] >= r.probabilities[1] for r in good)
+    assert [r.label for r in good] == ["blue", "red", "red", "red"]
+    assert results[1].error == "not an image (unrecognised format)" and results[1].labels == []
+
+
+def test_predict_probabilities_match_the_evaluation_path(trained_run, tmp_path):
+    data = make_class_tree(tmp_path / "d", per_class=2, seed=6)
+    dataset = load_dataset(data, 16, cache_dir=tmp_path / "cache")
+    predictor = Predictor(trained_run)
+    results = predictor.predict([data / p for p in dataset.paths], top_k=3)
+    expected = predict_proba(predictor.model, dataset.pixels, predictor.device)
+    for result, row in zip(results, expected):
+        probs = dict(zip(result.labels, result.probabilities))
+        assert [probs[c] for c in predictor.classes] == pytest.approx(row.tolist(), abs=1e-6)
+    assert np.allclose(expected.sum(1), 1, atol=1e-5)

@@ -1,0 +1,73 @@
+import csv
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from imgclass.training import EarlyStopping, train
+from tests.conftest import make_class_tree
+
+RUN_FILES = ["config.json", "split.json", "model.safetensors", "model.json", "history.csv",
+             "metrics.json", "curves.png", "confusion.png", "confusion.json", "evaluation.json",
+             "skipped.json", "train.log"]
+
+
+def test_early_stopping_keeps_the_lowest_validation_loss_and_waits_patience_epochs():
+    model = nn.Linear(1, 1)
+    stopper = EarlyStopping(patience=3)
+    losses = [1.0, 0.8, 0.9, 0.85, 0.8]  # epoch 2 best; 3 epochs without a lower loss
+    stops = []
+    for epoch, loss in enumerate(losses, 1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        stops.append(stopper.should_stop(epoch, loss, model))
+    assert stops == [False, False, False, False, True]
+    stopper.restore(model)
+    assert stopper.best_epoch == 2 and model.weight.item() == 2.0
+    assert not any(EarlyStopping(0).should_stop(e, 1.0, model) for e in range(1, 20))
+
+
+def test_trained_run_has_every_file_and_learns(trained_run):
+    for name in RUN_FILES:
+        assert (trained_run / name).is_file(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    rows = list(csv.DictReader((trained_run / "history.csv").open()))
+    assert len(rows) == metrics["final_epoch"] <= 4
+    assert metrics["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
+    assert metrics["lowest_val_loss"] == min(float(r["val_loss"]) for r in rows)
+    assert metrics["final_train_acc"] == float(rows[-1]["train_acc"])
+    assert metrics["val_accuracy"] >= 0.9, "three solid colours must be easy to tell apart"
+    meta = json.loads((trained_run / "model.json").read_text())
+    assert meta["classes"] == ["blue", "green", "red"] and meta["image_size"] == 16
+    assert meta["architecture"] == "seed_cnn" and "torch" in meta["versions"]
+    split = json.loads((trained_run / "split.json").read_text())
+    assert len(split["train"]) == 38 and len(split["val"]) == 10  # 20 % of 48 is 9.6
+    val_paths = {e["path"] for e in split["val"]}
+    assert not val_paths & {e["path"] for e in split["train"]}
+
+
+def test_undecodable_file_is_skipped_named_and_counted(tmp_path, caplog):
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    (data / "red" / "truncated.jpg").write_bytes((data / "red" / "red_000.jpg").read_bytes()[:200])
+    (data / "blue" / "page.jpg").write_text("<html></html>")
+    with caplog.at_level(logging.WARNING, logger="imgclass"):
+        result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4)
+    assert result.metrics["skipped_files"] == 2
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert {s["path"] for s in skipped} == {"red/truncated.jpg", "blue/page.jpg"}
+    assert "page.jpg: not an image" in caplog.text and "truncated.jpg" in caplog.text
+
+
+def test_same_seed_same_split_and_metrics(tmp_path):
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    a = train(data, tmp_path / "a", image_size=8, epochs=2, batch_size=4, seed=5)
+    b = train(data, tmp_path / "b", image_size=8, epochs=2, batch_size=4, seed=5)
+    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+    assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
+
+
+def test_refuses_to_overwrite_a_finished_run(trained_run):
+    with pytest.raises(FileExistsError, match="finished run"):
+        train(trained_run.parent / "data", trained_run, epochs=1)
