@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgclass.data.scan import DataError
 from imgclass.data.split import stratified_split
@@ -26,3 +28,53 @@ def test_one_class_or_single_image_class_is_a_clear_error():
         stratified_split(np.zeros(10, dtype=np.int64), 0.2, 0)
     with pytest.raises(DataError, match="at least 2 images"):
         stratified_split(np.array([0, 0, 0, 1]), 0.2, 0)
+
+
+def _shares_are_within_one_image(keys_labels: np.ndarray, val_keys: np.ndarray) -> None:
+    """Each class's validation count is within one of its exact share of the validation set."""
+    counts = np.bincount(keys_labels)
+    val_counts = np.bincount(keys_labels[val_keys], minlength=len(counts))
+    exact = len(val_keys) * counts / counts.sum()
+    assert np.all(np.abs(val_counts - exact) < 1), (val_counts, exact)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.integers(2, 40), min_size=2, max_size=6), st.floats(0.1, 0.5),
+       st.integers(0, 2**31))
+def test_without_duplicates_the_split_is_stratified_to_within_one_image(counts, fraction, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    if max(round(fraction * len(labels)), len(counts)) > len(labels) - len(counts):
+        return  # too small to hold one image per class on both sides
+    hashes = [f"{i:064x}" for i in range(len(labels))]
+    split = stratified_split(labels, fraction, seed, groups=hashes)
+    plain = stratified_split(labels, fraction, seed)
+    assert np.array_equal(split.val, plain.val)  # distinct contents: exactly the plain split
+    _shares_are_within_one_image(labels, split.val)
+    assert sorted([*split.train, *split.val]) == list(range(len(labels)))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**31))
+def test_every_copy_of_a_content_lands_on_the_same_side(seed):
+    rng = np.random.default_rng(seed)
+    n_contents = int(rng.integers(20, 80))
+    content_labels = rng.integers(0, 3, n_contents)
+    content_labels[:6] = [0, 0, 1, 1, 2, 2]  # every class holds >= 2 contents
+    copies = rng.choice([1, 1, 2, 3, 10], n_contents)  # many duplicates, some large groups
+    content_of = rng.permutation(np.repeat(np.arange(n_contents), copies))
+    labels = content_labels[content_of]
+    hashes = [f"sha{c}" for c in content_of]
+    split = stratified_split(labels, 0.2, seed, groups=hashes)
+    train_contents, val_contents = set(content_of[split.train]), set(content_of[split.val])
+    assert not train_contents & val_contents  # no leakage
+    assert sorted([*split.train, *split.val]) == list(range(len(labels)))
+    val_keys = np.array(sorted(val_contents))
+    _shares_are_within_one_image(content_labels, val_keys)  # stratified over distinct contents
+    again = stratified_split(labels, 0.2, seed, groups=hashes)
+    assert np.array_equal(again.val, split.val)
+
+
+def test_a_class_whose_images_are_all_one_content_is_a_clear_error():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    with pytest.raises(DataError, match="at least 2 images of different content"):
+        stratified_split(labels, 0.3, 0, groups=["a", "a", "a", "b", "c", "d"])

@@ -151,3 +151,48 @@ def predict(run: Path, paths: tuple[Path, ...], top_k: int, as_json: bool) -> No
                 f"{label} {prob:.3f}" for label, prob in zip(p.labels, p.probabilities)))
     if skipped:
         log.warning("%d files skipped (not decodable images)", skipped)
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--image-size", type=int,
+              help="Side the images are decoded to (default: the seed recipe's), so a later "
+                   "train at that size finds them in the cache.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
+@click.option("--keep-conflicts", is_flag=True,
+              help="Keep contents found under two classes (default: leave every copy out).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report as JSON (the run's scan.json) to this file.")
+def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_conflicts: bool,
+         out: Path | None) -> None:
+    """Check DATA_DIR/<class>/<images> without training: images, skips, duplicates, conflicts."""
+    from imgclass import atomic
+    from imgclass.config import load_recipe
+    from imgclass.data.dataset import load_dataset
+
+    size = image_size or load_recipe("seed").image_size
+    report = load_dataset(data_dir, size, cache_dir, keep_conflicts=keep_conflicts).report
+    if out:
+        atomic.write_json(out, report.to_dict())
+    click.echo(_table(list(report.images.items()), ("class", "images")))
+    click.echo(f"{sum(report.images.values())} images in {len(report.classes)} classes in "
+               f"{report.root}")
+    if report.empty_classes:
+        click.echo(f"classes without images (kept in the class order): "
+                   f"{', '.join(report.empty_classes)}")
+    if report.skipped:
+        click.echo(f"\n{len(report.skipped)} files skipped:")
+        click.echo(_table([(s.path, s.reason) for s in report.skipped], ("file", "reason")))
+    if report.duplicates:
+        click.echo("\nexact duplicates (same content in one class; every copy kept, all on "
+                   f"one side of the split): {len(report.duplicates)}")
+        click.echo(_table([(g.sha256[:12], g.classes[0], ", ".join(g.paths))
+                           for g in report.duplicates], ("sha256", "class", "files")))
+    if report.conflicts:
+        fate = ("kept" if report.conflicts_kept
+                else "left out; --keep-conflicts keeps them")
+        click.echo(f"\nlabel conflicts (same content in several classes; {fate}): "
+                   f"{len(report.conflicts)}")
+        click.echo(_table([(g.sha256[:12], ", ".join(g.classes), ", ".join(g.paths))
+                           for g in report.conflicts], ("sha256", "classes", "files")))

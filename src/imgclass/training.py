@@ -219,7 +219,11 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
              len(dataset.labels), len(dataset.classes),
              ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
              len(dataset.skipped), dataset.decoded_now)
-    split = stratified_split(dataset.labels, config.val_split, config.seed)
+    report = dataset.report
+    log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
+             "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
+             "kept" if report.conflicts_kept else "left out")
+    split = stratified_split(dataset.labels, config.val_split, config.seed, groups=dataset.sha256)
     device = Device.select(config.precision)
     atomic.write_json(run_dir / "config.json", {
         **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
@@ -232,6 +236,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            for name, index in (("train", split.train), ("val", split.val))}})
     atomic.write_json(run_dir / "skipped.json",
                       [{"path": s.path, "reason": s.reason} for s in dataset.skipped])
+    atomic.write_json(run_dir / "scan.json", report.to_dict())
 
     torch.manual_seed(runtime.stream_seed(config.seed, "init"))
     model = build_model(config.model, len(dataset.classes), config.image_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclass.data.cache import load_images
-from imgclass.data.scan import Manifest, Skipped, scan_folder
+from imgclass.data.scan import Manifest, ScanReport, Skipped, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,9 @@ class Dataset:
     labels: np.ndarray  # (N,) int64
     paths: list[str]  # (N,) relative to root
     sha256: list[str]  # (N,)
-    skipped: list[Skipped]  # junk, unreadable and undecodable files, each with its reason
+    skipped: list[Skipped]  # junk, unreadable, conflicting, undecodable files, with reasons
     decoded_now: int  # 0 when everything came from the cache
+    report: ScanReport  # images per class, skips, duplicates and label conflicts (scan.json)
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
@@ -32,20 +33,24 @@ class Dataset:
 
 
 def load_dataset(data_dir: str | os.PathLike, image_size: int,
-                 cache_dir: str | os.PathLike | None = None) -> Dataset:
+                 cache_dir: str | os.PathLike | None = None,
+                 keep_conflicts: bool = False) -> Dataset:
+    """keep_conflicts: keep contents found under two classes (default: skip every copy)."""
     manifest = scan_folder(data_dir)
-    return decode_manifest(manifest, image_size, cache_dir)
+    return decode_manifest(manifest, image_size, cache_dir, keep_conflicts)
 
 
 def decode_manifest(manifest: Manifest, image_size: int,
-                    cache_dir: str | os.PathLike | None = None) -> Dataset:
-    decoded = load_images(manifest, image_size, cache_dir)
-    skipped = list(manifest.skipped)
+                    cache_dir: str | os.PathLike | None = None,
+                    keep_conflicts: bool = False) -> Dataset:
+    used = manifest if keep_conflicts else manifest.without_conflicts()
+    decoded = load_images(used, image_size, cache_dir)
+    skipped = list(used.skipped)
     for index, reason in decoded.failures.items():
-        skipped.append(Skipped(manifest.items[index].path, reason))
+        skipped.append(Skipped(used.items[index].path, reason))
     for skip in skipped:
         log.warning("skipped %s: %s", manifest.root / skip.path, skip.reason)
-    kept = [item for item, ok in zip(manifest.items, decoded.ok) if ok]
+    kept = [item for item, ok in zip(used.items, decoded.ok) if ok]
     return Dataset(
         root=manifest.root,
         classes=manifest.classes,
@@ -55,4 +60,5 @@ def decode_manifest(manifest: Manifest, image_size: int,
         sha256=[item.sha256 for item in kept],
         skipped=skipped,
         decoded_now=decoded.decoded_now,
+        report=ScanReport.build(manifest, [item.label for item in kept], skipped, keep_conflicts),
     )

@@ -1,14 +1,25 @@
 """A class-folder tree -> Manifest: each file with its label and content hash, each skip explained.
 
-Class order is the sorted class-folder names, fixed here and stored with every model. Files are
-not filtered by extension (images are recognised by content when decoded); OS junk is skipped.
+Class order is the sorted class-folder names, fixed here and stored with every model; an empty
+class folder keeps its place (no index shift). Files are not filtered by extension (images are
+recognised by content when decoded); OS junk is skipped. Symbolic links are followed only when
+their target lies inside the data root; a link back to a folder being walked is a loop, skipped.
+
+Names are stored as text that prints and goes into JSON: the bytes of a name that are not UTF-8
+are written `\\xNN` (the file on disk is still the one opened, see `Manifest.absolute`).
+
+Contents found more than once are reported (`SameContent`): copies within one class are exact
+duplicates, all kept (the split keeps them on one side); one content under several classes is a
+label conflict, left out by default (`Manifest.without_conflicts`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +29,20 @@ from imgclass.data.ingest import is_os_junk
 
 log = logging.getLogger(__name__)
 
+REASON_NOT_IN_CLASS = "not inside a class folder"
+REASON_JUNK = "OS junk file"
+REASON_JUNK_FOLDER = "OS junk folder"
+REASON_LINK_OUTSIDE = "symbolic link pointing outside the data root"
+REASON_LINK_BROKEN = "broken symbolic link"
+REASON_LINK_LOOP = "symbolic link loop"
+REASON_NOT_A_FILE = "not a regular file"
+REASON_NAME_CLASH = "name clashes with another file's once its non-UTF-8 bytes are written \\xNN"
+REASON_CONFLICT = "label conflict: same content also in class"
+
 
 @dataclass(frozen=True)
 class ManifestItem:
-    path: str  # relative to the data root, POSIX separators
+    path: str  # relative to the data root, POSIX separators, as text (non-UTF-8 bytes as \xNN)
     label: int  # index into Manifest.classes
     sha256: str  # of the file's bytes: the cache key, and what finds duplicates
 
@@ -32,18 +53,102 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class SameContent:
+    """One content found at several paths: an exact duplicate, or a label conflict."""
+
+    sha256: str
+    paths: list[str]  # every copy, in manifest order
+    classes: list[str]  # the classes holding a copy: one for a duplicate, several for a conflict
+
+
 @dataclass
 class Manifest:
     root: Path
     classes: list[str]
     items: list[ManifestItem]
     skipped: list[Skipped] = field(default_factory=list)
+    disk_paths: dict[str, str] = field(default_factory=dict)  # item path -> name on disk, where
+    #                                                         they differ (non-UTF-8 names)
 
     def labels(self) -> np.ndarray:
         return np.array([item.label for item in self.items], dtype=np.int64)
 
     def absolute(self, item: ManifestItem) -> Path:
-        return self.root / item.path
+        return self.root / self.disk_paths.get(item.path, item.path)
+
+    def same_content(self) -> list[SameContent]:
+        """Every content held by two or more files, in order of first appearance."""
+        by_sha: dict[str, list[ManifestItem]] = {}
+        for item in self.items:
+            by_sha.setdefault(item.sha256, []).append(item)
+        return [SameContent(sha, [i.path for i in copies],
+                            [self.classes[label] for label in sorted({i.label for i in copies})])
+                for sha, copies in by_sha.items() if len(copies) > 1]
+
+    def without_conflicts(self) -> Manifest:
+        """This manifest with every copy of a content found under two classes moved to skipped."""
+        conflicts = {group.sha256: group.classes for group in self.same_content()
+                     if len(group.classes) > 1}
+        kept: list[ManifestItem] = []
+        left_out: list[Skipped] = []
+        for item in self.items:
+            if item.sha256 in conflicts:
+                others = [c for c in conflicts[item.sha256] if c != self.classes[item.label]]
+                left_out.append(Skipped(item.path, f"{REASON_CONFLICT} {', '.join(others)}"))
+            else:
+                kept.append(item)
+        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths)
+
+
+@dataclass
+class ScanReport:
+    """What a data folder holds and what was left out of it, with every reason."""
+
+    root: str
+    classes: list[str]
+    images: dict[str, int]  # usable images per class (decoded, conflicts applied), class order
+    skipped: list[Skipped]  # every file not used, sorted by path
+    duplicates: list[SameContent]  # same content, one class: all copies kept
+    conflicts: list[SameContent]  # same content, several classes
+    conflicts_kept: bool  # False (default): every copy of a conflicting content is skipped
+
+    @classmethod
+    def build(cls, manifest: Manifest, labels: Iterable[int], skipped: Iterable[Skipped],
+              conflicts_kept: bool) -> ScanReport:
+        """manifest: the scan before the conflict rule; labels: those of the images used."""
+        counts = np.bincount(np.asarray(list(labels), dtype=np.int64),
+                             minlength=len(manifest.classes))
+        groups = manifest.same_content()
+        return cls(
+            root=text_name(str(manifest.root)),
+            classes=list(manifest.classes),
+            images=dict(zip(manifest.classes, counts.tolist())),
+            skipped=sorted(skipped, key=lambda s: s.path),
+            duplicates=[g for g in groups if len(g.classes) == 1],
+            conflicts=[g for g in groups if len(g.classes) > 1],
+            conflicts_kept=conflicts_kept,
+        )
+
+    @property
+    def empty_classes(self) -> list[str]:
+        return [name for name, count in self.images.items() if count == 0]
+
+    def to_dict(self) -> dict:
+        """The content of `scan.json`."""
+        return {
+            "root": self.root,
+            "classes": self.classes,
+            "images": self.images,
+            "total_images": sum(self.images.values()),
+            "empty_classes": self.empty_classes,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "duplicates": [{"sha256": g.sha256, "class": g.classes[0], "paths": g.paths}
+                           for g in self.duplicates],
+            "conflicts": [{"sha256": g.sha256, "classes": g.classes, "paths": g.paths}
+                          for g in self.conflicts],
+            "conflicts_kept": self.conflicts_kept,
+        }
 
 
 class DataError(ValueError):
@@ -54,41 +159,139 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def text_name(name: str) -> str:
+    """A file name as printable, JSON-safe text: bytes that are not UTF-8 become `\\xNN`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def scan_folder(root: str | os.PathLike) -> Manifest:
     """List the images of a class-folder tree (`root/<class>/**/<file>`)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    skipped: list[Skipped] = []
-    class_dirs = []
-    for entry in sorted(root.iterdir()):
-        if is_os_junk([entry.name]):
+        raise DataError(f"{text_name(str(root))}: not a folder")
+    scan = _Scan(root)
+    class_dirs: list[tuple[str, os.DirEntry, Path]] = []  # (class name, entry, real folder)
+    for name, entry in scan.entries(root, ""):
+        if is_os_junk([name]):
+            scan.skip(name, REASON_JUNK_FOLDER if _is_dir(entry) else REASON_JUNK)
             continue
-        if entry.is_dir():
-            class_dirs.append(entry)
+        real = scan.follow(entry, name, scan.root_real)
+        if real is None:
+            continue
+        if real == scan.root_real:
+            scan.skip(name, REASON_LINK_LOOP)
+        elif real.is_dir():
+            class_dirs.append((name, entry, real))
         else:
-            skipped.append(Skipped(entry.name, "not inside a class folder"))
+            scan.skip(name, REASON_NOT_IN_CLASS)
     if not class_dirs:
-        raise DataError(f"{root}: no class folders found (expected {root}/<class>/<images>)")
-    classes = [d.name for d in class_dirs]
-    items: list[ManifestItem] = []
-    for label, class_dir in enumerate(class_dirs):
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not is_os_junk([d]))
-            for name in sorted(filenames):
-                path = Path(dirpath, name)
-                rel = path.relative_to(root).as_posix()
-                if is_os_junk([name]):
-                    skipped.append(Skipped(rel, "OS junk file"))
-                    continue
-                try:
-                    digest = file_sha256(path)
-                except OSError as err:
-                    skipped.append(Skipped(rel, f"cannot read file ({err.strerror or err})"))
-                    continue
-                items.append(ManifestItem(rel, label, digest))
-    for class_name, count in zip(classes, np.bincount([i.label for i in items],
-                                                      minlength=len(classes))):
+        raise DataError(f"{text_name(str(root))}: no class folders found "
+                        f"(expected {text_name(str(root))}/<class>/<images>)")
+    classes = [name for name, _, _ in class_dirs]
+    for label, (name, entry, real) in enumerate(class_dirs):
+        scan.walk(Path(entry.path), real, name, entry.name, label,
+                  frozenset({scan.root_real, real}))
+    counts = np.bincount([i.label for i in scan.items], minlength=len(classes))
+    for class_name, count in zip(classes, counts):
         if count == 0:
-            log.warning("%s: class folder %r holds no files", root, class_name)
-    return Manifest(root, classes, items, skipped)
+            log.warning("%s: class folder %r holds no files", text_name(str(root)), class_name)
+    return Manifest(root, classes, scan.items, scan.skipped, scan.disk_paths)
+
+
+class _Scan:
+    """One walk of a data root: what it found, what it skipped."""
+
+    def __init__(self, root: Path):
+        self.root_real = Path(os.path.realpath(root))
+        self.items: list[ManifestItem] = []
+        self.skipped: list[Skipped] = []
+        self.disk_paths: dict[str, str] = {}
+
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append(Skipped(rel, reason))
+
+    def entries(self, folder: Path, rel: str) -> list[tuple[str, os.DirEntry]]:
+        """The folder's entries as (text name, entry), sorted by text name; clashes skipped."""
+        try:
+            with os.scandir(folder) as listing:
+                found = sorted(listing, key=lambda e: e.name)
+        except OSError as err:
+            self.skip(rel or ".", f"cannot read folder ({err.strerror or err})")
+            return []
+        named: dict[str, os.DirEntry] = {}
+        for entry in found:
+            name = text_name(entry.name)
+            if name in named:
+                self.skip(_join(rel, name),
+                          f"{REASON_NAME_CLASH} (on disk {os.fsencode(entry.name)!r})")
+            else:
+                named[name] = entry
+        return sorted(named.items())
+
+    def follow(self, entry: os.DirEntry, rel: str, parent_real: Path) -> Path | None:
+        """The real path of an entry, or None (skip recorded) for a link not to follow."""
+        try:
+            if not entry.is_symlink():
+                return parent_real / entry.name
+            real = Path(entry.path).resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+            self.skip(rel, REASON_LINK_LOOP)
+            return None
+        except FileNotFoundError:
+            self.skip(rel, REASON_LINK_BROKEN)
+            return None
+        except OSError as err:
+            self.skip(rel, REASON_LINK_LOOP if err.errno == errno.ELOOP
+                      else f"cannot read file ({err.strerror or err})")
+            return None
+        if real != self.root_real and not real.is_relative_to(self.root_real):
+            self.skip(rel, REASON_LINK_OUTSIDE)
+            return None
+        return real
+
+    def walk(self, folder: Path, folder_real: Path, rel: str, disk_rel: str, label: int,
+             ancestors: frozenset[Path]) -> None:
+        """Add every file under `folder` (real folders in `ancestors` are not entered again)."""
+        for name, entry in self.entries(folder, rel):
+            child, disk_child = _join(rel, name), _join(disk_rel, entry.name)
+            is_dir = _is_dir(entry)
+            if is_os_junk([name]):  # junk folders (__MACOSX, .git, ...) are not entered
+                self.skip(child, REASON_JUNK_FOLDER if is_dir else REASON_JUNK)
+                continue
+            real = self.follow(entry, child, folder_real)
+            if real is None:
+                continue
+            if is_dir:
+                if real in ancestors:
+                    self.skip(child, REASON_LINK_LOOP)
+                else:
+                    self.walk(Path(entry.path), real, child, disk_child, label, ancestors | {real})
+            elif not _is_file(entry):
+                self.skip(child, REASON_NOT_A_FILE)
+            else:
+                try:
+                    digest = file_sha256(entry.path)
+                except OSError as err:
+                    self.skip(child, f"cannot read file ({err.strerror or err})")
+                    continue
+                if child != disk_child:
+                    self.disk_paths[child] = disk_child
+                self.items.append(ManifestItem(child, label, digest))
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()  # follows links; False for FIFOs, sockets and devices
+    except OSError:
+        return False

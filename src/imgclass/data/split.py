@@ -1,7 +1,13 @@
-"""Stratified, seeded train/validation split, saved with the run as file paths."""
+"""Stratified, seeded train/validation split, saved with the run as file paths.
+
+Given groups (the content hashes), every copy of a content lands on the same side: a duplicated
+photo is never trained on and validated against. The unique contents are split stratified by
+class, then each expands to all its copies; without duplicates this is exactly the plain split.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,17 +23,39 @@ class Split:
     val: np.ndarray
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> Split:
-    """Each class contributes about val_fraction of its images to validation."""
-    counts = np.bincount(labels)
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
+                     groups: Sequence[str] | None = None) -> Split:
+    """Each class contributes about val_fraction of its images to validation.
+
+    groups: one key per image (its sha256); images sharing a key always land on the same side,
+    and val_fraction then counts distinct contents. A group's class is that of its first image
+    (groups span classes only when label conflicts are kept).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if groups is None:
+        group_of = first = np.arange(len(labels))
+    else:
+        if len(groups) != len(labels):
+            raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+        _, first, group_of = np.unique(np.asarray(groups), return_index=True,
+                                       return_inverse=True)
+        # number the groups by first appearance, so that distinct contents split as plain images
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        group_of, first = rank[group_of.reshape(-1)], first[order]
+    group_labels = labels[first]
+    counts = np.bincount(group_labels) if len(group_labels) else np.zeros(0, np.int64)
     present = counts[counts > 0]
     if len(present) < 2:
         raise DataError(f"need at least 2 classes with images to train, found {len(present)}")
     if present.min() < 2:
-        raise DataError("every class needs at least 2 images (one for training, one for "
-                        f"validation); the smallest has {present.min()}")
-    indices = np.arange(len(labels))
-    n_val = max(round(val_fraction * len(labels)), len(present))  # at least one per class
-    train, val = train_test_split(indices, test_size=n_val, stratify=labels,
-                                  random_state=stream_seed(seed, "split") % 2**32)
-    return Split(np.sort(train), np.sort(val))
+        copies = " of different content (copies count once)" if len(first) < len(labels) else ""
+        raise DataError(f"every class needs at least 2 images{copies} (one for training, one "
+                        f"for validation); the smallest has {present.min()}")
+    n_val = max(round(val_fraction * len(first)), len(present))  # at least one per class
+    _, val_groups = train_test_split(np.arange(len(first)), test_size=n_val,
+                                     stratify=group_labels,
+                                     random_state=stream_seed(seed, "split") % 2**32)
+    in_val = np.isin(group_of, val_groups)
+    return Split(np.flatnonzero(~in_val), np.flatnonzero(in_val))

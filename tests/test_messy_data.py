@@ -1,0 +1,139 @@
+"""A messy class-folder tree end to end: the scan report, `imgclass scan`, and a training run.
+
+The tree holds duplicates, a label conflict, an empty class, a class whose only file does not
+decode, odd file names (unicode, spaces, bytes that are not UTF-8), links inside and outside the
+root, OS junk and a file directly under the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgclass.cli import main
+from imgclass.data.dataset import load_dataset
+from tests.conftest import make_class_tree
+
+ODD_NAME = "red/caf\\xe9 \\xff.jpg"  # how the scan writes red/caf<0xE9> <0xFF>.jpg
+
+
+def make_messy_tree(base: Path, per_class: int = 10) -> Path:
+    data = make_class_tree(base / "data", per_class=per_class, size=16)
+    blue = (data / "blue" / "blue_000.jpg").read_bytes()
+    for i in range(4):  # one content five times in one class
+        (data / "blue" / f"copy {i}.jpg").write_bytes(blue)
+    green = (data / "green" / "green_001.jpg").read_bytes()
+    (data / "green" / "sub").mkdir()
+    (data / "green" / "sub" / "again.jpg").write_bytes(green)
+    red = (data / "red" / "red_000.jpg").read_bytes()
+    (data / "green" / "actually_red.jpg").write_bytes(red)  # one content under two classes
+    (data / "red" / "Zoë's 猫.jpg").write_bytes((data / "red" / "red_001.jpg").read_bytes() + b"1")
+    with open(os.fsencode(data / "red") + b"/caf\xe9 \xff.jpg", "wb") as f:
+        f.write((data / "red" / "red_002.jpg").read_bytes() + b"\0")  # new content, decodable
+    (data / "empty").mkdir()
+    (data / "broken").mkdir()
+    (data / "broken" / "page.jpg").write_text("<html>not an image</html>")
+    (data / "red" / ".DS_Store").write_bytes(b"\0\0")
+    (data / "notes.txt").write_text("labels are folders")
+    outside = base / "outside.jpg"
+    outside.write_bytes(blue)
+    (data / "blue" / "outside.jpg").symlink_to(outside)
+    (data / "blue" / "inside.jpg").symlink_to(data / "blue" / "blue_003.jpg")
+    return data
+
+
+def test_load_dataset_reports_everything_and_leaves_conflicts_out(tmp_path):
+    data = make_messy_tree(tmp_path)
+    dataset = load_dataset(data, 8)
+    report = dataset.report
+    assert report.classes == dataset.classes == ["blue", "broken", "empty", "green", "red"]
+    reasons = {s.path: s.reason for s in report.skipped}
+    assert reasons == {s.path: s.reason for s in dataset.skipped}
+    assert reasons["green/actually_red.jpg"] == "label conflict: same content also in class red"
+    assert reasons["red/red_000.jpg"] == "label conflict: same content also in class green"
+    assert reasons["broken/page.jpg"].startswith("not an image")
+    assert reasons["blue/outside.jpg"] == "symbolic link pointing outside the data root"
+    assert reasons["red/.DS_Store"] == "OS junk file"
+    assert reasons["notes.txt"] == "not inside a class folder"
+    # 10 + 4 copies + 1 link inside; 10 + 1 copy; 10 - 1 conflict + 2 odd names
+    assert report.images == {"blue": 15, "broken": 0, "empty": 0, "green": 11, "red": 11}
+    assert report.empty_classes == ["broken", "empty"]
+    assert ODD_NAME in dataset.paths and "red/Zoë's 猫.jpg" in dataset.paths
+    assert [g.paths for g in report.duplicates] == [
+        ["blue/blue_000.jpg", "blue/copy 0.jpg", "blue/copy 1.jpg", "blue/copy 2.jpg",
+         "blue/copy 3.jpg"],
+        ["blue/blue_003.jpg", "blue/inside.jpg"],
+        ["green/green_001.jpg", "green/sub/again.jpg"]]
+    assert [(g.classes, g.paths) for g in report.conflicts] == [
+        (["green", "red"], ["green/actually_red.jpg", "red/red_000.jpg"])]
+    as_json = json.loads(json.dumps(report.to_dict(), ensure_ascii=False))
+    assert as_json["conflicts"][0]["classes"] == ["green", "red"]
+
+    kept = load_dataset(data, 8, keep_conflicts=True)
+    assert {"green/actually_red.jpg", "red/red_000.jpg"} <= set(kept.paths)
+    assert kept.report.conflicts_kept and len(kept.report.conflicts) == 1
+    assert not any(s.reason.startswith("label conflict") for s in kept.skipped)
+
+
+def test_scan_command_prints_the_report_without_training(tmp_path):
+    data = make_messy_tree(tmp_path)
+    result = CliRunner().invoke(main, ["scan", str(data), "--image-size", "8",
+                                       "--out", str(tmp_path / "scan.json")])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["class", "images"]
+    assert lines[1].split() == ["blue", "15"] and lines[3].split() == ["empty", "0"]
+    assert "37 images in 5 classes" in out
+    assert "classes without images (kept in the class order): broken, empty" in out
+    assert "broken/page.jpg" in out and "not an image" in out  # decode-checked
+    assert "label conflict: same content also in class red" in out
+    assert "exact duplicates (same content in one class; every copy kept" in out
+    assert "blue/copy 3.jpg" in out
+    assert "label conflicts (same content in several classes; left out" in out
+    saved = json.loads((tmp_path / "scan.json").read_text())
+    assert saved["images"]["red"] == 11 and saved["conflicts_kept"] is False
+    assert not (tmp_path / "runs").exists() and not Path("runs").exists()
+
+    kept = CliRunner().invoke(main, ["scan", str(data), "--image-size", "8", "--keep-conflicts"])
+    assert kept.exit_code == 0 and "several classes; kept): 1" in kept.stdout
+    assert "39 images in 5 classes" in kept.stdout
+
+
+def test_scan_command_gives_one_clear_line_for_a_folder_without_classes(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    result = CliRunner().invoke(main, ["scan", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "no class folders found" in result.output
+
+
+@pytest.mark.filterwarnings("ignore")  # precision of the classes without images is undefined
+def test_a_messy_tree_trains_with_no_leakage_and_a_scan_report(tmp_path):
+    from imgclass.evaluation import evaluate
+    from imgclass.training import train
+
+    data = make_messy_tree(tmp_path, per_class=8)
+    run = tmp_path / "run"
+    train(data, run, image_size=8, epochs=1, batch_size=16, seed=2)
+    config = json.loads((run / "config.json").read_text())
+    assert config["classes"] == ["blue", "broken", "empty", "green", "red"]  # no index shift
+    split = json.loads((run / "split.json").read_text())
+    train_files, val_files = split["train"], split["val"]
+    assert not {e["sha256"] for e in train_files} & {e["sha256"] for e in val_files}
+    copies = {e["path"] for e in train_files + val_files if e["sha256"] == hashlib.sha256(
+        (data / "blue" / "blue_000.jpg").read_bytes()).hexdigest()}
+    assert len(copies) == 5
+    every = {e["path"]: e["label"] for e in train_files + val_files}
+    assert every[ODD_NAME] == "red" and every["red/Zoë's 猫.jpg"] == "red"
+    assert "green/actually_red.jpg" not in every and "red/red_000.jpg" not in every
+    scan = json.loads((run / "scan.json").read_text())
+    skipped = json.loads((run / "skipped.json").read_text())
+    assert scan["skipped"] == sorted(skipped, key=lambda s: s["path"])
+    assert scan["images"] == {"blue": 13, "broken": 0, "empty": 0, "green": 9, "red": 9}
+    assert len(scan["conflicts"]) == 1 and len(scan["duplicates"]) == 3
+    assert evaluate(run).count == len(val_files)  # the odd names are found again by path
