@@ -1,4 +1,4 @@
-"""Fixtures: tiny real image trees made on the fly, a cache under tmp, one trained run per session."""
+"""Fixtures: tiny real image trees made on the fly, a cache under tmp, one trained run a session."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
+
+# No example database: tests write only under pytest's temporary folders.
+settings.register_profile("imgclass", database=None)
+settings.load_profile("imgclass")
 
 COLOURS = {"blue": (30, 60, 200), "red": (200, 40, 30), "green": (40, 180, 60)}
 

@@ -42,3 +42,16 @@ def test_augmentation_is_reproducible_from_the_seed_and_keeps_layout():
     torch.testing.assert_close(a, b)
     assert a.shape == x.shape and a.is_contiguous(memory_format=torch.channels_last)
     assert not torch.allclose(a, x)
+
+
+def test_translation_moves_content_by_at_most_the_given_share():
+    x = torch.zeros(256, 1, 41, 41)
+    x[:, :, 20, 20] = 1.0  # one bright pixel in the centre
+    config = AugmentConfig(hflip=False, rotation=0, zoom=0, translate=0.25)
+    out = KerasAugment(config, torch.Generator().manual_seed(4))(x)
+    ys, xs = torch.meshgrid(torch.arange(41.0), torch.arange(41.0), indexing="ij")
+    mass = out[:, 0].sum((1, 2))
+    dx = (out[:, 0] * xs).sum((1, 2)) / mass - 20
+    dy = (out[:, 0] * ys).sum((1, 2)) / mass - 20
+    assert dx.abs().max() <= 0.25 * 41 + 0.5 and dy.abs().max() <= 0.25 * 41 + 0.5
+    assert dx.abs().max() > 6 and dy.abs().max() > 6

@@ -24,9 +24,10 @@ def test_early_stopping_keeps_the_lowest_validation_loss_and_waits_patience_epoc
             model.weight.fill_(epoch)
         stops.append(stopper.should_stop(epoch, loss, model))
     assert stops == [False, False, False, False, True]
-    stopper.restore(model)
-    assert stopper.best_epoch == 2 and model.weight.item() == 2.0
-    assert not any(EarlyStopping(0).should_stop(e, 1.0, model) for e in range(1, 20))
+    assert stopper.restore(model, last_epoch=5) == 2 and model.weight.item() == 2.0
+    without = EarlyStopping(0)
+    assert not any(without.should_stop(e, 1.0 / e, model) for e in range(1, 20))
+    assert without.restore(model, last_epoch=19) == 19 and model.weight.item() == 2.0
 
 
 def test_trained_run_has_every_file_and_learns(trained_run):
@@ -64,7 +65,8 @@ def test_same_seed_same_split_and_metrics(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     a = train(data, tmp_path / "a", image_size=8, epochs=2, batch_size=4, seed=5)
     b = train(data, tmp_path / "b", image_size=8, epochs=2, batch_size=4, seed=5)
-    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+    split_a, split_b = ((tmp_path / run / "split.json").read_text() for run in "ab")
+    assert split_a == split_b
     assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
 
 

@@ -30,4 +30,5 @@ def write_text(dest: str | os.PathLike, text: str) -> None:
 
 
 def write_json(dest: str | os.PathLike, value: Any) -> None:
-    write_text(dest, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    # ASCII escapes: a path with non-UTF-8 bytes (a lone surrogate in Python) still writes
+    write_text(dest, json.dumps(value, indent=2, ensure_ascii=True) + "\n")

@@ -39,13 +39,14 @@ class ModelMeta:
     normalisation: dict = field(default_factory=lambda: {
         "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})
     resize: str = "squash to image_size x image_size, bilinear (no crop)"
+    tta_flip: bool = False  # predictions average the image and its mirror
     num_parameters: int = 0
     versions: dict = field(default_factory=dict)
 
     @classmethod
     def describe(cls, model: nn.Module, classes: list[str], image_size: int,
-                 architecture: str) -> ModelMeta:
-        return cls(list(classes), image_size, architecture,
+                 architecture: str, tta_flip: bool = False) -> ModelMeta:
+        return cls(list(classes), image_size, architecture, tta_flip=tta_flip,
                    num_parameters=count_parameters(model), versions=_versions())
 
 

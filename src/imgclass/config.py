@@ -20,6 +20,7 @@ class AugmentConfig:
     hflip: bool = True  # RandomFlip("horizontal"): probability 0.5
     rotation: float = 0.1  # RandomRotation(0.1): fraction of a full turn, so +/-36 degrees
     zoom: float = 0.1  # RandomZoom(0.1): +/-10 % of the image side, same factor for both axes
+    translate: float = 0.0  # RandomTranslation: up to this fraction of the side, each axis
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,18 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 10  # maximum number of passes over the training split
     batch_size: int = 32  # images per optimiser step
-    optimizer: str = "adam"
-    lr: float = 5e-4  # Adam learning rate, per step (not scaled by batch size)
+    optimizer: str = "adam"  # "adam", or "sgd" (with Nesterov momentum)
+    lr: float = 5e-4  # learning rate per optimiser step (the peak of a schedule)
     adam_eps: float = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0  # L2 penalty coefficient, per step
+    schedule: str = "constant"  # "constant", or "onecycle": linear warm-up, then linear decay
+    warmup: float = 0.0  # onecycle: share of all steps spent warming up from lr / 25
+    label_smoothing: float = 0.0  # share of the target spread over all classes
+    tta_flip: bool = False  # evaluate and predict on each image and its mirror, averaged
     patience: int = 3  # epochs without a lower validation loss before stopping; 0 = never stop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    keep_conflicts: bool = False  # keep contents found under two classes (default: leave out)
     precision: str = "auto"  # "auto" (bf16 where the hardware computes it natively), "bf16", "fp32"
 
     def replace(self, **overrides: Any) -> TrainConfig:
@@ -64,6 +72,11 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.precision in ("auto", "bf16", "fp32"), f"unknown precision {self.precision!r}"),
+            (self.optimizer in ("adam", "sgd"), f"unknown optimizer {self.optimizer!r}"),
+            (self.schedule in ("constant", "onecycle"), f"unknown schedule {self.schedule!r}"),
+            (0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup}"),
+            (0.0 <= self.label_smoothing < 1.0,
+             f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -73,6 +86,24 @@ class TrainConfig:
 RECIPES: dict[str, TrainConfig] = {
     # The reference system: Keras CNN, Adam 5e-4, batch 32, <= 10 epochs, early stopping (3).
     "seed": TrainConfig(),
+    # From scratch, fast on a CPU: a small residual net, SGD-Nesterov with a one-cycle schedule,
+    # label smoothing, flip test-time augmentation (docs/recipes.md has the evidence).
+    "fast": TrainConfig(
+        recipe="fast",
+        model="fast_resnet",
+        epochs=30,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.2,  # peak, per step of 64 images
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        warmup=0.15,
+        label_smoothing=0.1,
+        tta_flip=True,
+        patience=0,  # the schedule decides the length; the last epoch is kept
+        augment=AugmentConfig(hflip=True, rotation=0.03, zoom=0.1, translate=0.1),
+    ),
 }
 
 

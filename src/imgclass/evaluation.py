@@ -59,15 +59,18 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, pixels: np.ndarray | torch.Tensor, device: Device,
-                  batch_size: int = 256) -> np.ndarray:
+                  batch_size: int = 256, tta_flip: bool = False) -> np.ndarray:
     """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing."""
     model.eval()
     pixels = torch.as_tensor(pixels)
     out = []
     for x, _ in iterate_batches(pixels, torch.zeros(len(pixels)), batch_size):
+        x = x.to(device.torch_device)
         with device.autocast():
-            logits = model(x.to(device.torch_device))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+            probabilities = torch.softmax(model(x).float(), dim=1)
+            if tta_flip:  # the mirror image is as plausible a view: average the two
+                probabilities = (probabilities + torch.softmax(model(x.flip(3)).float(), 1)) / 2
+        out.append(probabilities.cpu())
     n_classes = out[0].shape[1] if out else 0
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
 
@@ -120,7 +123,8 @@ def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
         pixels, labels = dataset.pixels, remap[dataset.labels]
         folder = Path(out) if out else run / f"eval-{dataset.root.resolve().name}"
     folder.mkdir(parents=True, exist_ok=True)
-    probabilities = predict_proba(loaded.model, pixels, Device.select())
+    probabilities = predict_proba(loaded.model, pixels, Device.select(),
+                                  tta_flip=loaded.meta.tta_flip)
     metrics = classification_metrics(labels, probabilities.argmax(axis=1), classes)
     write_metrics(metrics, folder)
     return metrics

@@ -72,7 +72,8 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 images of the model's size -> (N, classes) probabilities."""
-        return predict_proba(self.model, pixels, self.device, self.batch_size)
+        return predict_proba(self.model, pixels, self.device, self.batch_size,
+                             tta_flip=self.meta.tta_flip)
 
     def predict(self, paths: Iterable[str | os.PathLike], top_k: int = 1) -> list[Prediction]:
         """Top-k labels for every image file (folders expanded); undecodable files carry .error."""

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,19 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from imgclass import atomic, runtime
 from imgclass.checkpoint import WEIGHTS, ModelMeta, save_model
 from imgclass.config import TrainConfig, load_recipe
 from imgclass.data.augment import KerasAugment
-from imgclass.data.batches import iterate_batches, prefetch
+from imgclass.data.batches import Batch, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.split import stratified_split
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
 from imgclass.models import build_model
 from imgclass.models.summary import model_summary
+from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
 from imgclass.runtime import Device
 
@@ -50,6 +53,7 @@ class EpochStats:
     seconds: float
     images_per_s: float  # training images per second of the training pass
     data_wait: float  # share of the training pass spent waiting for a batch
+    lr: float  # learning rate at the start of the epoch
 
 
 @dataclass
@@ -70,19 +74,14 @@ class _Tensors:
         self.labels = torch.from_numpy(dataset.labels[index])
 
 
-def train_one_epoch(model: nn.Module, data: _Tensors, optimizer: torch.optim.Optimizer,
-                    config: TrainConfig, device: Device, shuffle: torch.Generator,
-                    augment: KerasAugment, progress: bool, desc: str) -> tuple[float, float, float]:
-    """One pass over the training split -> (loss, accuracy, share of the time spent waiting)."""
+def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
+                    schedule: LRScheduler | None, loss_fn: nn.Module, device: Device,
+                    bar: tqdm) -> tuple[float, float, float]:
+    """One pass over the training batches -> (loss, accuracy, share of the time spent waiting)."""
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
     total_loss = correct = seen = 0.0
     waited = 0.0
     start = time.perf_counter()
-    batches = prefetch(iterate_batches(data.pixels, data.labels, config.batch_size,
-                                       shuffle=shuffle, augment=augment))
-    bar = tqdm(total=len(data.labels), desc=desc, unit="img", leave=False,
-               disable=None if progress else True)
     with bar:
         while True:
             t = time.perf_counter()
@@ -97,6 +96,8 @@ def train_one_epoch(model: nn.Module, data: _Tensors, optimizer: torch.optim.Opt
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             n = len(y)
             total_loss += loss.item() * n
             correct += (logits.argmax(1) == y).sum().item()
@@ -108,50 +109,65 @@ def train_one_epoch(model: nn.Module, data: _Tensors, optimizer: torch.optim.Opt
 
 @torch.no_grad()
 def validate(model: nn.Module, data: _Tensors, device: Device,
-             batch_size: int = 256) -> tuple[float, float]:
-    probabilities = torch.from_numpy(predict_proba(model, data.pixels, device, batch_size))
+             tta_flip: bool = False) -> tuple[float, float]:
+    probabilities = torch.from_numpy(predict_proba(model, data.pixels, device,
+                                                   tta_flip=tta_flip))
     loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), data.labels)
     accuracy = (probabilities.argmax(1) == data.labels).float().mean()
     return loss.item(), accuracy.item()
 
 
 class EarlyStopping:
-    """Keras' EarlyStopping(monitor="val_loss", patience, restore_best_weights=True)."""
+    """Keras' EarlyStopping(monitor="val_loss", patience, restore_best_weights=True).
+
+    patience 0 is training without the callback: no stop, and the last weights are kept.
+    """
 
     def __init__(self, patience: int):
-        self.patience = patience  # 0: never stop early
+        self.patience = patience
         self.best_loss, self.best_epoch, self.best_state = math.inf, 0, None
 
     def should_stop(self, epoch: int, val_loss: float, model: nn.Module) -> bool:
         if val_loss < self.best_loss:
             self.best_loss, self.best_epoch = val_loss, epoch
-            self.best_state = copy.deepcopy(model.state_dict())
+            if self.patience:
+                self.best_state = copy.deepcopy(model.state_dict())
             return False
         return bool(self.patience) and epoch - self.best_epoch >= self.patience
 
-    def restore(self, model: nn.Module) -> None:
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
+    def restore(self, model: nn.Module, last_epoch: int) -> int:
+        """Load the best weights; returns the epoch whose weights the model now holds."""
+        if self.best_state is None:
+            return last_epoch
+        model.load_state_dict(self.best_state)
+        return self.best_epoch
 
 
 def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
         device: Device, progress: bool = False) -> tuple[list[EpochStats], int]:
     """Train with early stopping on validation loss; the model ends with the best weights."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+    steps_per_epoch = math.ceil(len(train_data.labels) / config.batch_size)
+    optimizer = build_optimizer(model, config)
+    schedule = build_schedule(optimizer, config, steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     shuffle = runtime.generator(config.seed, "shuffle")
     augment = KerasAugment(config.augment, runtime.generator(config.seed, "augment"))
     stopper = EarlyStopping(config.patience)
     history: list[EpochStats] = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc, waited = train_one_epoch(
-            model, train_data, optimizer, config, device, shuffle, augment, progress,
-            desc=f"epoch {epoch}/{config.epochs}")
+        lr = optimizer.param_groups[0]["lr"]
+        batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
+                                           config.batch_size, shuffle=shuffle, augment=augment))
+        bar = tqdm(total=len(train_data.labels), desc=f"epoch {epoch}/{config.epochs}",
+                   unit="img", leave=False, disable=None if progress else True)
+        train_loss, train_acc, waited = train_one_epoch(model, batches, optimizer, schedule,
+                                                        loss_fn, device, bar)
         train_seconds = time.perf_counter() - start
-        val_loss, val_acc = validate(model, val_data, device)
+        val_loss, val_acc = validate(model, val_data, device, config.tta_flip)
         stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
                            time.perf_counter() - start, len(train_data.labels) / train_seconds,
-                           waited)
+                           waited, lr)
         history.append(stats)
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s  "
                  "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss, val_acc,
@@ -160,10 +176,11 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
             log.info("early stopping: validation loss has not improved for %d epochs",
                      config.patience)
             break
-    stopper.restore(model)
-    log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
-             stopper.best_epoch, stopper.best_loss)
-    return history, stopper.best_epoch
+    kept = stopper.restore(model, history[-1].epoch)
+    if kept != history[-1].epoch:
+        log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
+                 kept, stopper.best_loss)
+    return history, kept
 
 
 def _history_csv(history: list[EpochStats]) -> str:
@@ -214,7 +231,7 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
 def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            cache_dir: str | os.PathLike | None, progress: bool) -> TrainResult:
     started = time.perf_counter()
-    dataset = load_dataset(data_dir, config.image_size, cache_dir)
+    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts)
     log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
              len(dataset.labels), len(dataset.classes),
              ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
@@ -249,11 +266,11 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     history, restored = fit(model, train_data, val_data, config, device, progress)
 
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
-                                                  config.model))
+                                                  config.model, config.tta_flip))
     atomic.write_text(run_dir / "history.csv", _history_csv(history))
     columns = {k: [asdict(h)[k] for h in history] for k in asdict(history[0])}
     plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
-    probabilities = predict_proba(model, val_data.pixels, device)
+    probabilities = predict_proba(model, val_data.pixels, device, tta_flip=config.tta_flip)
     validation = classification_metrics(val_data.labels.numpy(), probabilities.argmax(1),
                                         dataset.classes)
     write_metrics(validation, run_dir)

@@ -21,19 +21,21 @@ class KerasAugment:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) float batch -> a randomly transformed batch of the same shape."""
-        n, c = x.shape[:2]
-        if not (self.config.hflip or self.config.rotation or self.config.zoom):
+        n = x.shape[0]
+        c = self.config
+        if not (c.hflip or c.rotation or c.zoom or c.translate):
             return x
-        u = torch.rand(n, 3, generator=self.generator)
-        angle = (2 * u[:, 0] - 1) * self.config.rotation * 2 * math.pi
+        u = torch.rand(n, 5, generator=self.generator)
+        angle = (2 * u[:, 0] - 1) * c.rotation * 2 * math.pi
         # Keras: a zoom factor z > 1 samples a larger area, i.e. zooms out
-        zoom = 1 + (2 * u[:, 1] - 1) * self.config.zoom
-        flip = torch.where((u[:, 2] < 0.5) & self.config.hflip, -1.0, 1.0)
+        zoom = 1 + (2 * u[:, 1] - 1) * c.zoom
+        flip = torch.where((u[:, 2] < 0.5) & c.hflip, -1.0, 1.0)
+        # grid coordinates span [-1, 1], so a shift of t of the side is 2 t
+        shift = (2 * u[:, 3:5] - 1) * c.translate * 2
         cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-        zero = torch.zeros(n)
         theta = torch.stack([
-            torch.stack([cos * flip, -sin, zero], dim=1),
-            torch.stack([sin * flip, cos, zero], dim=1),
+            torch.stack([cos * flip, -sin, shift[:, 0]], dim=1),
+            torch.stack([sin * flip, cos, shift[:, 1]], dim=1),
         ], dim=1).to(x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",

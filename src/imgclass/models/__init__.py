@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from imgclass.models.fast import FastNet
 from imgclass.models.seed import SeedCNN
 
 MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "seed_cnn": lambda num_classes, image_size: SeedCNN(num_classes, image_size),
+    "fast_resnet": lambda num_classes, image_size: FastNet(num_classes),
 }
 
 
