@@ -91,7 +91,7 @@ RECIPES: dict[str, TrainConfig] = {
     "fast": TrainConfig(
         recipe="fast",
         model="fast_resnet",
-        epochs=30,
+        epochs=24,
         batch_size=64,
         optimizer="sgd",
         lr=0.2,  # peak, per step of 64 images
@@ -99,10 +99,10 @@ RECIPES: dict[str, TrainConfig] = {
         weight_decay=5e-4,
         schedule="onecycle",
         warmup=0.15,
-        label_smoothing=0.1,
+        label_smoothing=0.2,
         tta_flip=True,
         patience=0,  # the schedule decides the length; the last epoch is kept
-        augment=AugmentConfig(hflip=True, rotation=0.03, zoom=0.1, translate=0.1),
+        augment=AugmentConfig(hflip=True, rotation=0.05, zoom=0.2, translate=0.1),
     ),
 }
 
