@@ -1,11 +1,15 @@
 import csv
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from imgclass import runtime
+from imgclass.data import split as split_module
 from imgclass.training import EarlyStopping, train
 from tests.conftest import make_class_tree
 
@@ -61,13 +65,47 @@ def test_undecodable_file_is_skipped_named_and_counted(tmp_path, caplog):
     assert "page.jpg: not an image" in caplog.text and "truncated.jpg" in caplog.text
 
 
-def test_same_seed_same_split_and_metrics(tmp_path):
+TIMINGS = {"seconds", "images_per_s", "data_wait", "train_seconds", "total_seconds"}
+
+
+def assert_same_results(run_a: Path, run_b: Path) -> None:
+    """Two run folders hold the same split, history, metrics and weights (timings aside)."""
+    def read(run, name):
+        return json.loads((run / name).read_text())
+
+    assert read(run_a, "split.json") == read(run_b, "split.json")
+    rows_a, rows_b = (list(csv.DictReader((run / "history.csv").open())) for run in (run_a, run_b))
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_b]  # as text: bit-exact
+    metrics_a, metrics_b = (
+        {k: v for k, v in read(run, "metrics.json").items() if k not in TIMINGS}
+        for run in (run_a, run_b))
+    assert metrics_a == metrics_b
+    assert read(run_a, "evaluation.json") == read(run_b, "evaluation.json")
+    weights_a, weights_b = (load_file(run / "model.safetensors") for run in (run_a, run_b))
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_same_seed_same_split_and_metrics(tmp_path, monkeypatch):
+    for plot in ("training.plot_curves", "evaluation.plot_confusion"):  # not under test: slow
+        module, name = plot.split(".")
+        monkeypatch.setattr(f"imgclass.{module}.{name}", lambda *args: None)
     data = make_class_tree(tmp_path / "data", per_class=6)
-    a = train(data, tmp_path / "a", image_size=8, epochs=2, batch_size=4, seed=5)
-    b = train(data, tmp_path / "b", image_size=8, epochs=2, batch_size=4, seed=5)
-    split_a, split_b = ((tmp_path / run / "split.json").read_text() for run in "ab")
-    assert split_a == split_b
-    assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
+    args = dict(image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32")
+    train(data, tmp_path / "a", **args)
+    train(data, tmp_path / "b", **args)
+    assert_same_results(tmp_path / "a", tmp_path / "b")
+    # and each random stream matters: were one left unseeded, the runs above would differ
+    seeded = runtime.stream_seed
+    for stream in ("split", "shuffle", "augment", "init"):
+        def other_seed(seed, name, stream=stream):
+            return seeded(seed + (name == stream), name)
+        monkeypatch.setattr(runtime, "stream_seed", other_seed)
+        monkeypatch.setattr(split_module, "stream_seed", other_seed)
+        train(data, tmp_path / stream, **args)
+        with pytest.raises(AssertionError):
+            assert_same_results(tmp_path / "a", tmp_path / stream)
 
 
 def test_refuses_to_overwrite_a_finished_run(trained_run):

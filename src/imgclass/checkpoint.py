@@ -1,12 +1,21 @@
-"""Save and load a trained model: safetensors weights (never pickle) + JSON metadata.
+"""Save and load a trained model and the per-epoch training checkpoint: safetensors, never pickle.
 
 `model.json` holds everything needed to rebuild the model and to preprocess images exactly as in
 validation: the class names in label order, image size, normalisation, architecture, versions.
+
+`checkpoint.safetensors` holds everything `fit` needs to continue after a completed epoch
+(`TrainingState`): tensors as named tensors, the rest as JSON in the file's own metadata, so the
+one atomic write of that file is the commit. `checkpoint.json` is a readable summary of it.
+Every safetensors file carries a sha256 of its tensors and metadata: a damaged or edited file is
+a `CheckpointError` naming it, never silently different weights.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -14,20 +23,22 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from imgclass import atomic
 from imgclass.models import build_model
 
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_SUMMARY = "checkpoint.json"
 
 
 class CheckpointError(ValueError):
-    """A model file that is missing, truncated, tampered with or from an unknown architecture."""
+    """A model or checkpoint file that is missing, truncated, tampered with or does not fit."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,49 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(metadata):
+        h.update(f"{key}={metadata[key]}\n".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                       sync_dir: bool = False) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {**metadata, "sha256": _digest(tensors, metadata)}
+    atomic.write_bytes(path, save_safetensors(tensors, metadata=metadata), sync_dir=sync_dir)
+
+
+def _read_safetensors(path: Path, checksum_required: bool = True,
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, its checksum verified."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or not a safetensors file "
+                              f"({str(err).splitlines()[0]})") from err
+    expected = metadata.pop("sha256", None)
+    if expected is None and checksum_required:
+        raise CheckpointError(f"{path}: no sha256 in its metadata (not written by imgclass, "
+                              "or tampered with)")
+    if expected is not None and expected != _digest(tensors, metadata):
+        raise CheckpointError(f"{path}: contents do not match their sha256 (damaged or "
+                              "tampered with)")
+    return tensors, metadata
+
+
 def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> None:
     folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic.write_bytes(folder / WEIGHTS, save_safetensors(state, metadata={"format": "pt"}))
+    _write_safetensors(folder / WEIGHTS, model.state_dict(), {"format": "pt"})
     atomic.write_json(folder / METADATA, asdict(meta))
 
 
@@ -95,11 +145,134 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
         model = build_model(meta.architecture, len(meta.classes), meta.image_size)
     except ValueError as err:
         raise CheckpointError(f"{meta_file}: {err}") from err
+    state, _ = _read_safetensors(weights, checksum_required=False)  # older runs have none
     try:
-        state = load_safetensors(weights.read_bytes())
         model.load_state_dict(state)
-    except (SafetensorError, RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{weights}: truncated or not matching {meta.architecture} "
                               f"({str(err).splitlines()[0]})") from err
     model.eval()
     return LoadedModel(model.to(memory_format=torch.channels_last), meta)
+
+
+@dataclass
+class TrainingState:
+    """Everything fit() needs to continue exactly after a completed epoch."""
+
+    epoch: int  # the last completed epoch
+    stop: bool  # early stopping ended training after this epoch
+    history: list[dict]  # EpochStats of epochs 1..epoch, as dicts
+    model: dict[str, torch.Tensor]
+    optimizer: dict  # torch optimizer state_dict
+    schedule: dict | None  # torch LR-scheduler state_dict, None for a constant learning rate
+    best_loss: float  # EarlyStopping: the lowest validation loss so far, its epoch, its weights
+    best_epoch: int
+    best_model: dict[str, torch.Tensor] | None
+    rng: dict[str, torch.Tensor]  # uint8 generator states by stream (shuffle, augment, torch, ...)
+    config: dict  # the TrainConfig of the run, as a dict
+
+    @classmethod
+    def capture(cls, history: list[dict], stop: bool, model: nn.Module,
+                optimizer: torch.optim.Optimizer, schedule: LRScheduler | None,
+                streams: dict[str, torch.Generator],
+                best: tuple[float, int, dict[str, torch.Tensor] | None],
+                config: dict) -> TrainingState:
+        """A copy (never views of the live tensors) of the state after the last epoch of history.
+
+        streams: the named generators fit() draws from; the global one (dropout) is added here.
+        best: EarlyStopping's lowest loss, its epoch and its weights (replaced, never changed).
+        """
+        rng = {name: g.get_state() for name, g in streams.items()}
+        rng["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+        return cls(
+            epoch=history[-1]["epoch"], stop=stop, history=list(history),
+            model=copy.deepcopy(model.state_dict()),
+            optimizer=copy.deepcopy(optimizer.state_dict()),
+            schedule=copy.deepcopy(schedule.state_dict()) if schedule else None,
+            best_loss=best[0], best_epoch=best[1], best_model=best[2], rng=rng, config=config)
+
+    def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+              schedule: LRScheduler | None, streams: dict[str, torch.Generator]) -> None:
+        """Load model, optimiser, schedule and random states; CheckpointError if they do not fit."""
+        try:
+            model.load_state_dict(self.model)
+            optimizer.load_state_dict(self.optimizer)
+            if schedule is not None:
+                schedule.load_state_dict(self.schedule)
+            for name, generator in streams.items():
+                generator.set_state(self.rng[name])
+            torch.set_rng_state(self.rng["torch"])
+            if torch.cuda.is_available() and "cuda0" in self.rng:
+                torch.cuda.set_rng_state_all([self.rng[f"cuda{i}"]
+                                              for i in range(torch.cuda.device_count())])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{CHECKPOINT}: does not fit this model and recipe "
+                                  f"({str(err).splitlines()[0]})") from err
+        # the memory layout of the parameters (channels_last), so updates run the same kernels
+        for param, values in optimizer.state.items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    values[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def save_checkpoint(folder: str | os.PathLike, state: TrainingState) -> None:
+    """checkpoint.safetensors (atomic, fsynced, the commit), then checkpoint.json (a summary)."""
+    folder = Path(folder)
+    tensors = {f"model/{k}": v for k, v in state.model.items()}
+    best_is_model = state.best_model is not None and state.best_epoch == state.epoch
+    if state.best_model is not None and not best_is_model:  # else the same weights: once
+        tensors |= {f"best/{k}": v for k, v in state.best_model.items()}
+    tensors |= {f"rng/{k}": v for k, v in state.rng.items()}
+    optimizer_other: dict[str, dict] = {}
+    for pid, values in state.optimizer["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{pid}/{key}"] = value
+            else:
+                optimizer_other.setdefault(str(pid), {})[key] = value
+    rest = {
+        "epoch": state.epoch, "stop": state.stop, "history": state.history,
+        "optimizer": {"param_groups": state.optimizer["param_groups"],
+                      "state": optimizer_other},
+        "schedule": state.schedule, "best_loss": state.best_loss, "best_epoch": state.best_epoch,
+        "best_model": "model" if best_is_model else "best" if state.best_model else None,
+        "config": state.config,
+    }
+    _write_safetensors(folder / CHECKPOINT, tensors, {"imgclass.training_state": json.dumps(rest)},
+                       sync_dir=True)
+    atomic.write_json(folder / CHECKPOINT_SUMMARY, {
+        "epoch": state.epoch, "epochs": state.config["epochs"], "stop": state.stop,
+        "best_epoch": state.best_epoch,
+        "best_loss": state.best_loss if math.isfinite(state.best_loss) else None,
+        "history": state.history, "state": f"{CHECKPOINT} (this file is only a summary)"})
+
+
+def load_checkpoint(folder: str | os.PathLike) -> TrainingState:
+    """The TrainingState of checkpoint.safetensors; CheckpointError naming it if unusable."""
+    path = Path(folder) / CHECKPOINT
+    tensors, metadata = _read_safetensors(path)
+    try:
+        rest = json.loads(metadata["imgclass.training_state"])
+        groups: dict[str, dict] = {"model": {}, "best": {}, "rng": {}, "optimizer": {}}
+        for name, value in tensors.items():
+            kind, key = name.split("/", 1)
+            groups[kind][key] = value
+        optimizer_state: dict[int, dict] = {int(pid): dict(values) for pid, values
+                                            in rest["optimizer"]["state"].items()}
+        for key, value in groups["optimizer"].items():
+            pid, field_name = key.split("/", 1)
+            optimizer_state.setdefault(int(pid), {})[field_name] = value
+        return TrainingState(
+            epoch=int(rest["epoch"]), stop=bool(rest["stop"]), history=list(rest["history"]),
+            model=groups["model"],
+            optimizer={"state": optimizer_state,
+                       "param_groups": rest["optimizer"]["param_groups"]},
+            schedule=rest["schedule"], best_loss=float(rest["best_loss"]),
+            best_epoch=int(rest["best_epoch"]),
+            best_model=groups[rest["best_model"]] if rest["best_model"] else None,
+            rng=groups["rng"], config=rest["config"])
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: not an imgclass training checkpoint "
+                              f"({type(err).__name__}: {err})") from err

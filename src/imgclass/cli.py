@@ -85,8 +85,8 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
                                                             path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run directory (default runs/<data>-<recipe>-<time>).")
-@click.option("--recipe", default="seed", show_default=True,
-              help="A named recipe (seed) or a .json recipe file.")
+@click.option("--recipe", help="A named recipe (seed, fast) or a .json recipe file  "
+              "[default: seed].")
 @click.option("--image-size", type=int, help="Side of the square input, pixels.")
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
 @click.option("--batch-size", type=int, help="Images per optimiser step.")
@@ -99,14 +99,28 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
-def train(data_dir: Path | None, out: Path | None, recipe: str, cache_dir: Path | None,
-          overwrite: bool, **overrides) -> None:
-    """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits)."""
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last completed epoch, with its own "
+                   "recipe, options and data (give no other option but --cache-dir).")
+def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir: Path | None,
+          overwrite: bool, resume: Path | None, **overrides) -> None:
+    """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits).
+
+    Ctrl-C ends the run at its last completed epoch (exit code 130); --resume continues it.
+    """
     from imgclass.training import train as run_train
 
-    result = run_train(data_dir, out, recipe=recipe, cache_dir=cache_dir, progress=True,
-                       overwrite=overwrite, **overrides)
+    try:
+        result = run_train(data_dir, out, recipe=recipe, cache_dir=cache_dir, progress=True,
+                           overwrite=overwrite, resume=resume, **overrides)
+    except KeyboardInterrupt:
+        click.echo("Interrupted before the first epoch ended: no checkpoint to keep.", err=True)
+        sys.exit(130)
     click.echo(f"run written to {result.run_dir}")
+    if result.interrupted:
+        click.echo(f"Interrupted: the run ends with epoch {result.history[-1].epoch} (saved); "
+                   f"continue it with: imgclass train --resume {result.run_dir}", err=True)
+        sys.exit(130)
 
 
 @main.command()

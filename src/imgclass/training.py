@@ -3,13 +3,20 @@
 The main path, top to bottom: load the data (scan, decode once), split, build the model, fit
 with early stopping on validation loss (restoring the best weights), save everything a later
 command needs into the run directory.
+
+Crash safety: after every completed epoch fit() saves a checkpoint (model, optimiser, schedule,
+early stopping, history, random-generator states); `train(resume=RUN)` continues from it and, on
+the CPU, ends bit for bit where an uninterrupted run ends. Ctrl-C abandons the current epoch and
+finishes the run from the last completed one (metrics.json: "interrupted": true).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -26,13 +33,24 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from imgclass import atomic, runtime
-from imgclass.checkpoint import WEIGHTS, ModelMeta, save_model
+from imgclass.checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_SUMMARY,
+    WEIGHTS,
+    CheckpointError,
+    ModelMeta,
+    TrainingState,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 from imgclass.config import TrainConfig, load_recipe
 from imgclass.data.augment import KerasAugment
 from imgclass.data.batches import Batch, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset, load_dataset
-from imgclass.data.split import stratified_split
+from imgclass.data.scan import DataError
+from imgclass.data.split import Split, stratified_split
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
 from imgclass.models import build_model
 from imgclass.models.summary import model_summary
@@ -64,6 +82,14 @@ class TrainResult:
     history: list[EpochStats]
     restored_epoch: int  # the epoch whose weights were kept (lowest validation loss)
     metrics: dict
+    interrupted: bool = False  # Ctrl-C: the run ends at its last completed epoch
+
+
+@dataclass
+class FitResult:
+    history: list[EpochStats]
+    restored_epoch: int
+    interrupted: bool
 
 
 class _Tensors:
@@ -144,43 +170,78 @@ class EarlyStopping:
 
 
 def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
-        device: Device, progress: bool = False) -> tuple[list[EpochStats], int]:
-    """Train with early stopping on validation loss; the model ends with the best weights."""
+        device: Device, progress: bool = False, *, checkpoint_dir: Path | None = None,
+        resume: TrainingState | None = None) -> FitResult:
+    """Train with early stopping on validation loss; the model ends with the best weights.
+
+    checkpoint_dir: save a checkpoint there after every epoch. resume: continue from one.
+    Ctrl-C (KeyboardInterrupt) goes back to the last completed epoch and ends the fit there;
+    it is raised again only when no epoch was completed.
+    """
     steps_per_epoch = math.ceil(len(train_data.labels) / config.batch_size)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    shuffle = runtime.generator(config.seed, "shuffle")
-    augment = KerasAugment(config.augment, runtime.generator(config.seed, "augment"))
+    streams = {name: runtime.generator(config.seed, name) for name in ("shuffle", "augment")}
+    augment = KerasAugment(config.augment, streams["augment"])
     stopper = EarlyStopping(config.patience)
+
+    def restore(state: TrainingState) -> list[EpochStats]:
+        state.apply(model, optimizer, schedule, streams)
+        stopper.best_loss, stopper.best_epoch = state.best_loss, state.best_epoch
+        stopper.best_state = state.best_model
+        return [EpochStats(**h) for h in state.history]
+
     history: list[EpochStats] = []
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
-                                           config.batch_size, shuffle=shuffle, augment=augment))
-        bar = tqdm(total=len(train_data.labels), desc=f"epoch {epoch}/{config.epochs}",
-                   unit="img", leave=False, disable=None if progress else True)
-        train_loss, train_acc, waited = train_one_epoch(model, batches, optimizer, schedule,
-                                                        loss_fn, device, bar)
-        train_seconds = time.perf_counter() - start
-        val_loss, val_acc = validate(model, val_data, device, config.tta_flip)
-        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
-                           time.perf_counter() - start, len(train_data.labels) / train_seconds,
-                           waited, lr)
-        history.append(stats)
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s  "
-                 "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss, val_acc,
-                 stats.seconds, stats.images_per_s)
-        if stopper.should_stop(epoch, val_loss, model):
-            log.info("early stopping: validation loss has not improved for %d epochs",
-                     config.patience)
-            break
+    stop, completed, interrupted = False, resume, False
+    if resume is not None:
+        history, stop = restore(resume), resume.stop
+        log.info("resuming after epoch %d of %d", resume.epoch, config.epochs)
+    try:
+        while not stop and len(history) < config.epochs:
+            epoch = len(history) + 1
+            start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
+                                               config.batch_size, shuffle=streams["shuffle"],
+                                               augment=augment))
+            bar = tqdm(total=len(train_data.labels), desc=f"epoch {epoch}/{config.epochs}",
+                       unit="img", leave=False, disable=None if progress else True)
+            try:
+                train_loss, train_acc, waited = train_one_epoch(model, batches, optimizer,
+                                                                schedule, loss_fn, device, bar)
+            finally:
+                batches.close()  # the producer thread stops drawing from the streams
+            train_seconds = time.perf_counter() - start
+            val_loss, val_acc = validate(model, val_data, device, config.tta_flip)
+            stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
+                               time.perf_counter() - start,
+                               len(train_data.labels) / train_seconds, waited, lr)
+            history.append(stats)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s  "
+                     "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss,
+                     val_acc, stats.seconds, stats.images_per_s)
+            stop = stopper.should_stop(epoch, val_loss, model)
+            completed = TrainingState.capture(
+                [asdict(h) for h in history], stop, model, optimizer, schedule, streams,
+                (stopper.best_loss, stopper.best_epoch, stopper.best_state), config.to_dict())
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, completed)
+            if stop:
+                log.info("early stopping: validation loss has not improved for %d epochs",
+                         config.patience)
+    except KeyboardInterrupt:
+        if completed is None:
+            raise
+        history = restore(completed)
+        interrupted = True
+        log.warning("interrupted: epoch %d abandoned, the run ends with epoch %d",
+                    completed.epoch + 1, completed.epoch)
     kept = stopper.restore(model, history[-1].epoch)
     if kept != history[-1].epoch:
         log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
                  kept, stopper.best_loss)
-    return history, kept
+    return FitResult(history, kept, interrupted)
 
 
 def _history_csv(history: list[EpochStats]) -> str:
@@ -191,57 +252,120 @@ def _history_csv(history: list[EpochStats]) -> str:
     return buffer.getvalue()
 
 
+def _finished(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return metrics.is_file() and not json.loads(metrics.read_text()).get("interrupted", False)
+
+
 def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
              overwrite: bool) -> Path:
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{data_dir.resolve().name}-{recipe}-{stamp}"
     out = Path(out)
-    if (out / WEIGHTS).exists() and not overwrite:
-        raise FileExistsError(f"{out}: holds a finished run; choose another --out or overwrite")
+    if not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
+        if _finished(out):
+            raise FileExistsError(f"{out}: holds a finished run; choose another --out or "
+                                  "overwrite")
+        raise FileExistsError(f"{out}: holds an unfinished run; continue it with --resume "
+                              f"{out}, or choose another --out or overwrite")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (CHECKPOINT, CHECKPOINT_SUMMARY, "metrics.json"):  # never resume another run
+        (out / stale).unlink(missing_ok=True)
     return out
 
 
+def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
+    """The TrainConfig and config.json of a run to resume."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: missing (is {run_dir} an imgclass run?)")
+    if _finished(run_dir):
+        raise FileExistsError(f"{run_dir}: finished already (metrics.json); nothing to resume")
+    try:
+        stored = json.loads(config_file.read_text())
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig.from_dict({k: v for k, v in stored.items() if k in fields})
+        stored["data_dir"], stored["classes"]  # noqa: B018 - present, or the file is not a run's
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_file}: unreadable ({type(err).__name__}: {err})") from err
+    device = Device.select(config.precision)
+    now = {"device": str(device.torch_device), "precision_used": device.precision,
+           "threads": torch.get_num_threads()}
+    changed = [f"{k} {stored.get(k)} -> {v}" for k, v in now.items() if stored.get(k) != v]
+    if changed:
+        log.warning("%s: resumed with another %s: the results may differ in the last digits "
+                    "from an uninterrupted run", run_dir, ", ".join(changed))
+    return config, stored
+
+
 def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
-          recipe: str = "seed", cache_dir: str | os.PathLike | None = None,
-          progress: bool = False, overwrite: bool = False, **overrides) -> TrainResult:
+          recipe: str | None = None, cache_dir: str | os.PathLike | None = None,
+          progress: bool = False, overwrite: bool = False,
+          resume: str | os.PathLike | None = None, **overrides) -> TrainResult:
     """Train a classifier on a class-folder tree (default: the built-in digits) into a run folder.
 
+    recipe: a named recipe or a .json recipe file (default: seed).
     overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
+    resume: a run folder to continue from its last completed epoch, with the recipe, overrides
+        and data stored in it; any other argument but cache_dir and progress is then an error.
     """
-    config = load_recipe(recipe).replace(**overrides)
-    config.validate()
     runtime.configure()
-    if data_dir is None:
-        data_dir = digits_folder(cache_dir)
-        log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
-    data_dir = Path(data_dir)
-    run_dir = _run_dir(out, data_dir, config.recipe, overwrite)
-    log_handler = logging.FileHandler(run_dir / "train.log", mode="w", encoding="utf-8")
+    stored = None
+    if resume is not None:
+        given = [name for name, value in (("data_dir", data_dir), ("out", out),
+                                          ("recipe", recipe), ("overwrite", overwrite or None),
+                                          *overrides.items()) if value is not None]
+        if given:
+            raise ValueError(f"resume continues {resume} with the recipe, options and data "
+                             f"stored in it: leave out {', '.join(given)}")
+        run_dir = Path(resume)
+        config, stored = _stored_run(run_dir)
+        data_dir = Path(stored["data_dir"])
+    else:
+        config = load_recipe(recipe or "seed").replace(**overrides)
+        config.validate()
+        if data_dir is None:
+            data_dir = digits_folder(cache_dir)
+            log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
+        data_dir = Path(data_dir)
+        run_dir = _run_dir(out, data_dir, config.recipe, overwrite)
+    log_handler = logging.FileHandler(run_dir / "train.log", mode="w" if stored is None else "a",
+                                      encoding="utf-8")
     log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("imgclass").addHandler(log_handler)
     try:
-        return _train(data_dir, run_dir, config, cache_dir, progress)
+        return _train(data_dir, run_dir, config, cache_dir, progress, stored)
     finally:
         logging.getLogger("imgclass").removeHandler(log_handler)
         log_handler.close()
 
 
-def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
-           cache_dir: str | os.PathLike | None, progress: bool) -> TrainResult:
-    started = time.perf_counter()
-    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts)
-    log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
-             len(dataset.labels), len(dataset.classes),
-             ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
-             len(dataset.skipped), dataset.decoded_now)
-    report = dataset.report
-    log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
-             "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
-             "kept" if report.conflicts_kept else "left out")
-    split = stratified_split(dataset.labels, config.val_split, config.seed, groups=dataset.sha256)
-    device = Device.select(config.precision)
+def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
+    """The split in split.json as indices into the data loaded again; DataError if it changed."""
+    saved = json.loads((run_dir / "split.json").read_text())
+    where = {path: i for i, path in enumerate(dataset.paths)}
+    sides: dict[str, np.ndarray] = {}
+    changed: list[str] = []
+    for side in ("train", "val"):
+        rows = [(entry, where.get(entry["path"])) for entry in saved[side]]
+        changed += [e["path"] for e, i in rows if i is None or dataset.sha256[i] != e["sha256"]
+                    or dataset.classes[dataset.labels[i]] != e["label"]]
+        sides[side] = np.array([i for _, i in rows if i is not None], dtype=np.int64)
+    if changed:
+        raise DataError(f"{dataset.root}: {len(changed)} files of {run_dir / 'split.json'} are "
+                        f"missing or changed ({', '.join(changed[:3])}"
+                        f"{', ...' if len(changed) > 3 else ''}); resuming needs the data the "
+                        "run started with")
+    added = len(dataset.paths) - len(sides["train"]) - len(sides["val"])
+    if added:
+        log.warning("%s: %d files added since the run started are left out", dataset.root, added)
+    return Split(sides["train"], sides["val"])
+
+
+def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, dataset: Dataset,
+                           split: Split, device: Device) -> None:
+    """config.json, split.json, skipped.json, scan.json: what the run is, written before fitting."""
     atomic.write_json(run_dir / "config.json", {
         **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
         "device": str(device.torch_device), "precision_used": device.precision,
@@ -253,7 +377,41 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            for name, index in (("train", split.train), ("val", split.val))}})
     atomic.write_json(run_dir / "skipped.json",
                       [{"path": s.path, "reason": s.reason} for s in dataset.skipped])
-    atomic.write_json(run_dir / "scan.json", report.to_dict())
+    atomic.write_json(run_dir / "scan.json", dataset.report.to_dict())
+
+
+def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
+           cache_dir: str | os.PathLike | None, progress: bool,
+           stored: dict | None) -> TrainResult:
+    """stored: the config.json of the run to resume, None for a new run."""
+    started = time.perf_counter()
+    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts)
+    log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
+             len(dataset.labels), len(dataset.classes),
+             ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
+             len(dataset.skipped), dataset.decoded_now)
+    report = dataset.report
+    log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
+             "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
+             "kept" if report.conflicts_kept else "left out")
+    device = Device.select(config.precision)
+    resume = None
+    if stored is not None:
+        if dataset.classes != stored["classes"]:
+            raise DataError(f"{dataset.root}: classes changed since the run started "
+                            f"({', '.join(stored['classes'])} -> {', '.join(dataset.classes)})")
+        split = _saved_split(run_dir, dataset)
+        if (run_dir / CHECKPOINT).exists():
+            resume = load_checkpoint(run_dir)
+            if resume.config != config.to_dict():
+                raise CheckpointError(f"{run_dir / CHECKPOINT}: written with another "
+                                      f"configuration than {run_dir / 'config.json'}")
+        else:
+            log.info("%s: no completed epoch to resume from: starting at epoch 1", run_dir)
+    else:
+        split = stratified_split(dataset.labels, config.val_split, config.seed,
+                                 groups=dataset.sha256)
+        _write_run_description(run_dir, config, data_dir, dataset, split, device)
 
     torch.manual_seed(runtime.stream_seed(config.seed, "init"))
     model = build_model(config.model, len(dataset.classes), config.image_size)
@@ -263,7 +421,9 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     log.info("training on %d images, validating on %d; %s, %s, %d threads",
              len(split.train), len(split.val), device.torch_device, device.precision,
              torch.get_num_threads())
-    history, restored = fit(model, train_data, val_data, config, device, progress)
+    fitted = fit(model, train_data, val_data, config, device, progress,
+                 checkpoint_dir=run_dir, resume=resume)
+    history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
 
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
                                                   config.model, config.tta_flip))
@@ -280,7 +440,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         "restored_epoch": restored, "restored_val_acc": history[restored - 1].val_acc,
         "lowest_val_loss": min(h.val_loss for h in history),
         "final_train_acc": history[-1].train_acc, "final_epoch": history[-1].epoch,
-        "stopped_early": history[-1].epoch < config.epochs,
+        "stopped_early": history[-1].epoch < config.epochs and not interrupted,
+        "interrupted": interrupted,
         "val_accuracy": validation.accuracy, "val_macro_f1": validation.macro_f1,
         "train_images": len(split.train), "val_images": len(split.val),
         "skipped_files": len(dataset.skipped),
@@ -293,4 +454,4 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
              "loss %.4f; %d files skipped", best.val_acc, best.epoch, restored,
              validation.accuracy, validation.macro_f1, history[-1].train_acc,
              history[-1].epoch, metrics["lowest_val_loss"], len(dataset.skipped))
-    return TrainResult(run_dir, config, dataset.classes, history, restored, metrics)
+    return TrainResult(run_dir, config, dataset.classes, history, restored, metrics, interrupted)

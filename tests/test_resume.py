@@ -1,0 +1,125 @@
+"""Crash safety end to end: a real `python -m imgclass train`, killed (SIGKILL) or interrupted
+(Ctrl-C, SIGINT) in the middle of an epoch, then resumed, ends exactly where an uninterrupted run
+with the same seed ends (history, metrics and weights, bit for bit on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imgclass.checkpoint import load_model
+from imgclass.cli import main
+from imgclass.data.scan import DataError
+from imgclass.training import train
+from tests.conftest import make_class_tree
+from tests.test_training import RUN_FILES, assert_same_results
+
+# 96 training images in batches of 4: an epoch is a second or two of real work on a small CPU
+OPTIONS = {"image_size": 16, "epochs": 3, "batch_size": 4, "seed": 3, "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_class_tree(tmp_path_factory.mktemp("resume") / "data", per_class=40, size=16)
+
+
+@pytest.fixture(scope="module")
+def reference(data) -> Path:
+    """The uninterrupted run."""
+    run = data.parent / "reference"
+    train(data, run, cache_dir=data.parent / "cache", **OPTIONS)
+    return run
+
+
+def _start(data: Path, run: Path) -> subprocess.Popen:
+    options = [str(x) for k, v in OPTIONS.items() for x in (f"--{k.replace('_', '-')}", v)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "imgclass", "train", str(data), "--out", str(run),
+         "--cache-dir", str(data.parent / "cache"), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _in_second_epoch(process: subprocess.Popen, run: Path) -> None:
+    """Return half an epoch after the first epoch's checkpoint appears."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"training ended early ({process.returncode}): {process.stderr.read()}")
+        summary = run / "checkpoint.json"
+        if summary.is_file():  # written atomically: complete whenever it is there
+            seconds = json.loads(summary.read_text())["history"][0]["seconds"]
+            time.sleep(seconds / 2)
+            return
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail("no checkpoint after 300 s")
+
+
+def test_a_killed_run_resumes_to_the_same_result(data, reference, tmp_path):
+    run = tmp_path / "run"
+    process = _start(data, run)
+    _in_second_epoch(process, run)
+    process.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
+    process.communicate()
+    assert not (run / "metrics.json").exists() and not (run / "model.safetensors").exists()
+    saved = json.loads((run / "checkpoint.json").read_text())["history"]
+    assert len(saved) < OPTIONS["epochs"]
+
+    result = train(resume=run, cache_dir=data.parent / "cache")
+    assert not result.interrupted and result.history[-1].epoch == OPTIONS["epochs"]
+    # the saved epochs were continued, not trained again (their timings are the killed run's)
+    assert [h.seconds for h in result.history[:len(saved)]] == [h["seconds"] for h in saved]
+    assert_same_results(reference, run)
+
+
+def test_ctrl_c_saves_the_run_and_resume_finishes_it(data, reference, tmp_path):
+    run = tmp_path / "run"
+    process = _start(data, run)
+    _in_second_epoch(process, run)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    # 130, or death by SIGINT (which a shell also shows as 130): CPython ends that way itself
+    # when the KeyboardInterrupt passed through an exec() (a lazy import) before it was handled
+    assert process.returncode in (130, -signal.SIGINT), stderr
+    assert "Interrupted: the run ends with epoch" in stderr and "--resume" in stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    saved = json.loads((run / "checkpoint.json").read_text())["epoch"]
+    assert metrics["interrupted"] is True and metrics["final_epoch"] == saved < OPTIONS["epochs"]
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert load_model(run).meta.classes == ["blue", "green", "red"]
+
+    result = CliRunner().invoke(main, ["train", "--resume", str(run),
+                                       "--cache-dir", str(data.parent / "cache")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metrics.json").read_text())["interrupted"] is False
+    assert_same_results(reference, run)
+
+
+def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    first = train(data, run, image_size=8, epochs=1, batch_size=4)
+    with pytest.raises(ValueError, match="leave out out, epochs"):
+        train(out=tmp_path / "x", resume=run, epochs=2)
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.1"])
+    assert result.exit_code == 1 and "Error:" in result.output and "leave out lr" in result.output
+    with pytest.raises(FileExistsError, match="finished already"):
+        train(resume=run)
+
+    (run / "metrics.json").unlink()  # as if killed while writing the run files
+    with pytest.raises(FileExistsError, match="unfinished run; continue it with --resume"):
+        train(data, run, image_size=8)
+    assert train(resume=run).history == first.history  # nothing left to train: files written
+
+    (run / "metrics.json").unlink()
+    (data / "red" / "red_000.jpg").write_bytes((data / "red" / "red_001.jpg").read_bytes())
+    with pytest.raises(DataError, match=r"red_000.jpg\); resuming needs the data"):
+        train(resume=run)
