@@ -59,7 +59,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, pixels: np.ndarray | torch.Tensor, device: Device,
-                  batch_size: int = 256, tta_flip: bool = False) -> np.ndarray:
+                  batch_size: int = 64, tta_flip: bool = False) -> np.ndarray:
     """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing."""
     model.eval()
     pixels = torch.as_tensor(pixels)
