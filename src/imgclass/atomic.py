@@ -12,25 +12,33 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def write_bytes(dest: str | os.PathLike, data: bytes, *, sync_dir: bool = False) -> None:
+def write_with(dest: str | os.PathLike, write: Callable[[Path], object], *,
+               sync_dir: bool = False) -> None:
+    """Let `write(path)` fill a temporary file (a library's own save_file), then commit it."""
     dest = Path(dest)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     if sync_dir:
         _fsync_folder(dest.parent)
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes, *, sync_dir: bool = False) -> None:
+    write_with(dest, lambda path: path.write_bytes(data), sync_dir=sync_dir)
 
 
 def _fsync_folder(folder: Path) -> None:

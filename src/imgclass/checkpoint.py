@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -99,7 +99,9 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
                        sync_dir: bool = False) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {**metadata, "sha256": _digest(tensors, metadata)}
-    atomic.write_bytes(path, save_safetensors(tensors, metadata=metadata), sync_dir=sync_dir)
+    # save_file streams the tensors to disk: no second in-memory copy of a large checkpoint
+    atomic.write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
+                      sync_dir=sync_dir)
 
 
 def _read_safetensors(path: Path, checksum_required: bool = True,
@@ -176,21 +178,24 @@ class TrainingState:
                 optimizer: torch.optim.Optimizer, schedule: LRScheduler | None,
                 streams: dict[str, torch.Generator],
                 best: tuple[float, int, dict[str, torch.Tensor] | None],
-                config: dict) -> TrainingState:
-        """A copy (never views of the live tensors) of the state after the last epoch of history.
+                config: dict, copy_tensors: bool = True) -> TrainingState:
+        """The state after the last epoch of history.
 
+        copy_tensors: a copy, never views of the live tensors (False: views, for a state that
+        is saved at once and dropped).
         streams: the named generators fit() draws from; the global one (dropout) is added here.
         best: EarlyStopping's lowest loss, its epoch and its weights (replaced, never changed).
         """
+        keep = copy.deepcopy if copy_tensors else (lambda value: value)
         rng = {name: g.get_state() for name, g in streams.items()}
         rng["torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
             rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
         return cls(
             epoch=history[-1]["epoch"], stop=stop, history=list(history),
-            model=copy.deepcopy(model.state_dict()),
-            optimizer=copy.deepcopy(optimizer.state_dict()),
-            schedule=copy.deepcopy(schedule.state_dict()) if schedule else None,
+            model=keep(model.state_dict()),
+            optimizer=keep(optimizer.state_dict()),
+            schedule=keep(schedule.state_dict()) if schedule else None,
             best_loss=best[0], best_epoch=best[1], best_model=best[2], rng=rng, config=config)
 
     def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer,

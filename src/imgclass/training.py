@@ -193,9 +193,12 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
         return [EpochStats(**h) for h in state.history]
 
     history: list[EpochStats] = []
-    stop, completed, interrupted = False, resume, False
+    # The state of the last completed epoch, for Ctrl-C: kept in memory only without a
+    # checkpoint folder (else it is read back from there: 4x the model's size is not held).
+    stop, completed, interrupted = False, None, False
     if resume is not None:
         history, stop = restore(resume), resume.stop
+        completed = None if checkpoint_dir is not None else resume
         log.info("resuming after epoch %d of %d", resume.epoch, config.epochs)
     try:
         while not stop and len(history) < config.epochs:
@@ -222,15 +225,21 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
                      "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss,
                      val_acc, stats.seconds, stats.images_per_s)
             stop = stopper.should_stop(epoch, val_loss, model)
-            completed = TrainingState.capture(
+            state = TrainingState.capture(
                 [asdict(h) for h in history], stop, model, optimizer, schedule, streams,
-                (stopper.best_loss, stopper.best_epoch, stopper.best_state), config.to_dict())
+                (stopper.best_loss, stopper.best_epoch, stopper.best_state), config.to_dict(),
+                copy_tensors=checkpoint_dir is None)
             if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, completed)
+                save_checkpoint(checkpoint_dir, state)
+            else:
+                completed = state
+            del state
             if stop:
                 log.info("early stopping: validation loss has not improved for %d epochs",
                          config.patience)
     except KeyboardInterrupt:
+        if completed is None and checkpoint_dir is not None and history:
+            completed = load_checkpoint(checkpoint_dir)
         if completed is None:
             raise
         history = restore(completed)

@@ -16,7 +16,6 @@ from imgclass.data.cache import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-_DONE = ".complete"
 
 
 def digits_folder(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -24,7 +23,8 @@ def digits_folder(cache_dir: str | os.PathLike | None = None) -> Path:
     from sklearn.datasets import load_digits  # shipped with scikit-learn, no download
 
     root = Path(cache_dir or default_cache_dir()) / "datasets" / "digits"
-    if (root / _DONE).exists():
+    done = root.with_name("digits.complete")  # beside the tree: not a file of the data set
+    if done.exists():
         return root
     digits = load_digits()
     log.info("writing the built-in digits data set (%d images) to %s", len(digits.images), root)
@@ -32,8 +32,7 @@ def digits_folder(cache_dir: str | os.PathLike | None = None) -> Path:
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.round(image * (255 / 16)).astype(np.uint8)  # values are 0..16
-        png = folder / f"{index:04d}.png"
-        Image.fromarray(pixels, mode="L").save(png.with_name(f".{png.name}.part"), format="PNG")
-        os.replace(png.with_name(f".{png.name}.part"), png)
-    atomic.write_text(root / _DONE, f"{len(digits.images)}\n")
+        atomic.write_with(folder / f"{index:04d}.png",
+                          lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
+    atomic.write_text(done, f"{len(digits.images)}\n")
     return root

@@ -43,6 +43,11 @@ class DecodedImages:
     decoded_now: int  # how many contents this call decoded (0 on a warm cache)
 
 
+def _write_npy(path: Path, pixels: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a path
+        np.save(f, pixels, allow_pickle=False)
+
+
 def _decode_one(path: str, size: int) -> np.ndarray | str:
     try:
         return decode_image(path, (size, size))
@@ -73,10 +78,7 @@ class _Shards:
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256("".join(sorted(shas + list(failed))).encode()).hexdigest()[:24]
         npy = self.folder / f"{digest}.npy"
-        tmp = npy.with_name(f".{npy.name}.part")
-        with open(tmp, "wb") as f:
-            np.save(f, pixels)
-        os.replace(tmp, npy)
+        atomic.write_with(npy, lambda tmp: _write_npy(tmp, pixels))
         atomic.write_json(npy.with_suffix(".json"), {"sha256": shas, "failed": failed})
         for row, sha in enumerate(shas):
             self.rows[sha] = (pixels, row)
