@@ -6,7 +6,10 @@ process (the allocator setting is process-wide), and the processes are interleav
 repetition so that a noisy neighbour hits every configuration alike. Keras/TensorFlow is measured
 too when it is importable (an optional baseline, never a dependency).
 
-    python bench/throughput.py [--reps 3] [--seconds 6]
+    python bench/throughput.py [--reps 3] [--seconds 6] [--keras-python PYTHON]
+
+--keras-python: an interpreter that has TensorFlow (e.g. a separate venv), for the Keras baseline
+when this one has none.
 """
 
 from __future__ import annotations
@@ -125,8 +128,8 @@ def worker_keras(seconds: float) -> dict:
     return results
 
 
-def _keras_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True)
+def _keras_available(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import tensorflow"], capture_output=True)
     return probe.returncode == 0
 
 
@@ -134,6 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
+    parser.add_argument("--keras-python", default=sys.executable,
+                        help="interpreter with TensorFlow for the Keras baseline")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -141,20 +146,22 @@ def main() -> None:
                   else worker_torch(args.worker, args.seconds))
         print(json.dumps(result))
         return
-    configs = CONFIGS if _keras_available() else CONFIGS[:2]
+    configs = CONFIGS if _keras_available(args.keras_python) else CONFIGS[:2]
     if "keras" not in configs:
         print("TensorFlow is not importable here: the Keras baseline is skipped.")
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for rep in range(args.reps):
         for config in configs:
-            out = subprocess.run([sys.executable, __file__, "--worker", config,
+            python = args.keras_python if config == "keras" else sys.executable
+            out = subprocess.run([python, __file__, "--worker", config,
                                   "--seconds", str(args.seconds)],
                                  capture_output=True, text=True, check=True).stdout
             runs[config].append(json.loads(out.strip().splitlines()[-1]))
             print(f"rep {rep + 1}/{args.reps} {config}: done", file=sys.stderr)
     print(f"\nseed CNN, 64x64, 6 classes; median of {args.reps} interleaved runs [min-max]")
+    baselines = configs[1:]
     header = f"{'measure':<28}" + "".join(f"{c:>24}" for c in configs)
-    print(header + f"{'imgclass / eager':>18}")
+    print(header + "".join(f"{'imgclass / ' + b:>22}" for b in baselines))
     for key, label in MEASURES:
         row = f"{label:<28}"
         medians = {}
@@ -162,10 +169,12 @@ def main() -> None:
             values = [r[key] for r in runs[config]]
             medians[config] = statistics.median(values)
             row += f"{medians[config]:>9.1f} [{min(values):.1f}-{max(values):.1f}]".rjust(24)
-        ratio = medians["imgclass"] / medians["eager-fp32"]
-        if key.endswith("_ms"):
-            ratio = 1 / ratio  # lower latency is better: show the speed-up
-        print(row + f"{ratio:>17.2f}x")
+        for baseline in baselines:
+            ratio = medians["imgclass"] / medians[baseline]
+            if key.endswith("_ms"):
+                ratio = 1 / ratio  # lower latency is better: show the speed-up
+            row += f"{ratio:>21.2f}x"
+        print(row)
     print(f"threads: {runs['imgclass'][0]['threads']}")
 
 

@@ -96,6 +96,8 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
 @click.option("--patience", type=int, help="Early-stopping patience in epochs (0: off).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="auto: bf16 where the hardware computes it natively.")
+@click.option("--keep-conflicts", is_flag=True, default=None,
+              help="Keep images whose content also appears under another class.")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
