@@ -40,6 +40,17 @@ def make_class_tree(root: Path, per_class: int = 12, size: int = 24, seed: int =
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis' own files (its constants cache) under pytest's temporary folder, not the repo.
+
+    Set here, before any test module is imported: Hypothesis fixes its folder on first use.
+    """
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
+    set_hypothesis_home_dir(factory.getbasetemp() / "hypothesis")
+
+
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGCLASS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -342,3 +342,28 @@ def test_png_is_not_drafted(tmp_path, draft_calls):
 def test_size_must_be_positive():
     with pytest.raises(ValueError):
         decode_image(b"irrelevant", (0, 8))
+
+
+def test_ycck_jpeg_decodes_to_the_same_colours_as_cmyk():
+    """YCCK (Adobe transform 2): libjpeg turns it back into CMYK, Pillow then into RGB."""
+    cmyk = np.zeros((32, 32, 4), np.uint8)
+    cmyk[:16] = (0, 200, 200, 30)
+    cmyk[16:] = (220, 60, 0, 10)
+    plain = io.BytesIO()
+    Image.fromarray(cmyk, "CMYK").save(plain, "JPEG", quality=95)
+    # Build the YCCK samples: the C, M, Y planes as R, G, B in YCbCr, K as it is; Pillow
+    # inverts all four planes when it writes CMYK, so hand it the inverse.
+    ycc = np.asarray(Image.fromarray(cmyk[..., :3], "RGB").convert("YCbCr"))
+    planes = np.dstack([255 - ycc, cmyk[..., 3]]).astype(np.uint8)
+    ycck = io.BytesIO()
+    Image.fromarray(planes, "CMYK").save(ycck, "JPEG", quality=95)
+    data = bytearray(ycck.getvalue())
+    adobe = data.find(b"Adobe")
+    assert adobe > 0 and data[adobe + 11] == 0
+    data[adobe + 11] = 2  # the Adobe APP14 transform flag: YCCK
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        assert img.info["adobe_transform"] == 2
+    expected = decode_image(plain.getvalue(), (32, 32)).astype(int)
+    got = decode_image(bytes(data), (32, 32)).astype(int)
+    assert np.abs(expected - got).max() <= 4
+    assert got[4, 4, 0] > 200 and got[4, 4, 1] < 80  # red-ish top, not a swapped plane
