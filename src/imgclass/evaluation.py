@@ -18,6 +18,7 @@ from imgclass.checkpoint import load_model
 from imgclass.data.batches import iterate_batches
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
+from imgclass.data.split import saved_split
 from imgclass.report import plot_confusion
 from imgclass.runtime import Device
 
@@ -84,13 +85,11 @@ def write_metrics(metrics: ClassificationMetrics, folder: Path, prefix: str = ""
 
 
 def _validation_subset(run: Path, dataset: Dataset) -> np.ndarray:
-    split = json.loads((run / "split.json").read_text())
-    wanted = {(entry["path"], entry["sha256"]) for entry in split["val"]}
-    keep = [i for i, key in enumerate(zip(dataset.paths, dataset.sha256)) if key in wanted]
-    if len(keep) < len(wanted):
-        log.warning("%d validation files of %s are missing or changed since training",
-                    len(wanted) - len(keep), dataset.root)
-    return np.array(keep, dtype=np.int64)
+    split, changed = saved_split(run / "split.json", dataset)
+    if changed:
+        log.warning("%d validation or training files of %s are missing or changed since "
+                    "training: left out", len(changed), dataset.root)
+    return split.val
 
 
 def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,

@@ -50,7 +50,7 @@ from imgclass.data.batches import Batch, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
-from imgclass.data.split import Split, stratified_split
+from imgclass.data.split import Split, saved_split, split_json, stratified_split
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
 from imgclass.models import build_model
 from imgclass.models.summary import model_summary
@@ -352,24 +352,16 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
 
 def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
     """The split in split.json as indices into the data loaded again; DataError if it changed."""
-    saved = json.loads((run_dir / "split.json").read_text())
-    where = {path: i for i, path in enumerate(dataset.paths)}
-    sides: dict[str, np.ndarray] = {}
-    changed: list[str] = []
-    for side in ("train", "val"):
-        rows = [(entry, where.get(entry["path"])) for entry in saved[side]]
-        changed += [e["path"] for e, i in rows if i is None or dataset.sha256[i] != e["sha256"]
-                    or dataset.classes[dataset.labels[i]] != e["label"]]
-        sides[side] = np.array([i for _, i in rows if i is not None], dtype=np.int64)
+    split, changed = saved_split(run_dir / "split.json", dataset)
     if changed:
         raise DataError(f"{dataset.root}: {len(changed)} files of {run_dir / 'split.json'} are "
                         f"missing or changed ({', '.join(changed[:3])}"
                         f"{', ...' if len(changed) > 3 else ''}); resuming needs the data the "
                         "run started with")
-    added = len(dataset.paths) - len(sides["train"]) - len(sides["val"])
+    added = len(dataset.paths) - len(split.train) - len(split.val)
     if added:
         log.warning("%s: %d files added since the run started are left out", dataset.root, added)
-    return Split(sides["train"], sides["val"])
+    return split
 
 
 def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, dataset: Dataset,
@@ -379,11 +371,8 @@ def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, d
         **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
         "device": str(device.torch_device), "precision_used": device.precision,
         "threads": torch.get_num_threads()})
-    atomic.write_json(run_dir / "split.json", {
-        "seed": config.seed, "val_split": config.val_split,
-        **{name: [{"path": dataset.paths[i], "sha256": dataset.sha256[i],
-                   "label": dataset.classes[dataset.labels[i]]} for i in index]
-           for name, index in (("train", split.train), ("val", split.val))}})
+    atomic.write_json(run_dir / "split.json",
+                      split_json(split, dataset, config.seed, config.val_split))
     atomic.write_json(run_dir / "skipped.json",
                       [{"path": s.path, "reason": s.reason} for s in dataset.skipped])
     atomic.write_json(run_dir / "scan.json", dataset.report.to_dict())

@@ -7,12 +7,15 @@ class, then each expands to all its copies; without duplicates this is exactly t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from imgclass.data.dataset import Dataset
 from imgclass.data.scan import DataError
 from imgclass.runtime import stream_seed
 
@@ -59,3 +62,34 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
                                      random_state=stream_seed(seed, "split") % 2**32)
     in_val = np.isin(group_of, val_groups)
     return Split(np.flatnonzero(~in_val), np.flatnonzero(in_val))
+
+
+def split_json(split: Split, dataset: Dataset, seed: int, val_split: float) -> dict:
+    """What split.json holds: every file of each side with its content hash and class."""
+    return {"seed": seed, "val_split": val_split, **{
+        side: [{"path": dataset.paths[i], "sha256": dataset.sha256[i],
+                "label": dataset.classes[dataset.labels[i]]} for i in index]
+        for side, index in (("train", split.train), ("val", split.val))}}
+
+
+def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
+    """The split stored in split.json as indices into `dataset` (the data loaded again).
+
+    Returns it with the stored files that are missing or changed (content or class), which it
+    leaves out; files of `dataset` that split.json does not name are on neither side.
+    """
+    saved = json.loads(Path(path).read_text())
+    where = {p: i for i, p in enumerate(dataset.paths)}
+    sides: dict[str, np.ndarray] = {}
+    changed: list[str] = []
+    for side in ("train", "val"):
+        kept = []
+        for entry in saved[side]:
+            i = where.get(entry["path"])
+            if i is None or dataset.sha256[i] != entry["sha256"] or (
+                    dataset.classes[dataset.labels[i]] != entry["label"]):
+                changed.append(entry["path"])
+            else:
+                kept.append(i)
+        sides[side] = np.array(kept, dtype=np.int64)
+    return Split(sides["train"], sides["val"]), changed
