@@ -9,9 +9,9 @@ def _count_decodes(monkeypatch):
     calls = []
     real = cache.decode_image
 
-    def counting(path, size):
+    def counting(path, size, **options):
         calls.append(path)
-        return real(path, size)
+        return real(path, size, **options)
 
     monkeypatch.setattr(cache, "decode_image", counting)
     return calls
@@ -58,3 +58,16 @@ def test_parallel_and_serial_decoding_agree(class_tree, tmp_path, monkeypatch):
     parallel = load_images(scan_folder(class_tree), 16, tmp_path / "p", workers=2)
     serial = load_images(scan_folder(class_tree), 16, tmp_path / "s", workers=1)
     np.testing.assert_array_equal(parallel.pixels, serial.pixels)
+
+
+def test_pixel_limit_skips_clearly_and_is_not_remembered(class_tree, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(class_tree / "red" / "big.png")
+    manifest = scan_folder(class_tree)
+    big = [i for i, item in enumerate(manifest.items) if item.path == "red/big.png"][0]
+    limited = load_images(manifest, 16, tmp_path / "c", workers=1, max_pixels=50_000)
+    assert limited.failures == {big: "too many pixels (300 x 200 > 50000)"}
+    assert not limited.ok[big] and limited.ok.sum() == 36
+    raised = load_images(manifest, 16, tmp_path / "c", workers=1, max_pixels=100_000)
+    assert raised.ok[big] and raised.decoded_now == 1 and not raised.failures

@@ -111,3 +111,15 @@ def test_same_seed_same_split_and_metrics(tmp_path, monkeypatch):
 def test_refuses_to_overwrite_a_finished_run(trained_run):
     with pytest.raises(FileExistsError, match="finished run"):
         train(trained_run.parent / "data", trained_run, epochs=1)
+
+
+def test_max_pixels_skips_a_huge_image_with_its_reason(tmp_path):
+    from PIL import Image
+
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    Image.new("RGB", (400, 300), (200, 40, 30)).save(data / "red" / "huge.png")
+    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4,
+                   max_pixels=100_000)
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert {"path": "red/huge.png", "reason": "too many pixels (400 x 300 > 100000)"} in skipped
+    assert result.metrics["skipped_files"] == 1

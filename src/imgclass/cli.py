@@ -98,6 +98,8 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
               help="auto: bf16 where the hardware computes it natively.")
 @click.option("--keep-conflicts", is_flag=True, default=None,
               help="Keep images whose content also appears under another class.")
+@click.option("--max-pixels", type=int,
+              help="Skip images with more pixels (width x height) [default: 100,000,000].")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclass.data.images import DEFAULT_MAX_PIXELS
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -44,6 +46,7 @@ class TrainConfig:
     patience: int = 3  # epochs without a lower validation loss before stopping; 0 = never stop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     keep_conflicts: bool = False  # keep contents found under two classes (default: leave out)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height; larger ones skipped, never decoded
     precision: str = "auto"  # "auto" (bf16 where the hardware computes it natively), "bf16", "fp32"
 
     def replace(self, **overrides: Any) -> TrainConfig:

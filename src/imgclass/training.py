@@ -383,7 +383,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            stored: dict | None) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
-    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts)
+    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts,
+                           config.max_pixels)
     log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
              len(dataset.labels), len(dataset.classes),
              ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),

@@ -18,7 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from imgclass import atomic
-from imgclass.data.images import ImageDecodeError, decode_image
+from imgclass.data.images import (
+    DEFAULT_MAX_PIXELS,
+    REASON_TOO_MANY_PIXELS,
+    ImageDecodeError,
+    decode_image,
+)
 from imgclass.data.scan import Manifest
 from imgclass.runtime import usable_cores
 
@@ -48,9 +53,9 @@ def _write_npy(path: Path, pixels: np.ndarray) -> None:
         np.save(f, pixels, allow_pickle=False)
 
 
-def _decode_one(path: str, size: int) -> np.ndarray | str:
+def _decode_one(path: str, size: int, max_pixels: int) -> np.ndarray | str:
     try:
-        return decode_image(path, (size, size))
+        return decode_image(path, (size, size), max_pixels=max_pixels)
     except ImageDecodeError as err:
         return err.reason
 
@@ -86,8 +91,13 @@ class _Shards:
 
 
 def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | None = None,
-                workers: int | None = None) -> DecodedImages:
-    """Decoded pixels of every manifest item, from the cache where it has them."""
+                workers: int | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImages:
+    """Decoded pixels of every manifest item, from the cache where it has them.
+
+    max_pixels: larger images are skipped without being decoded; that skip depends on the
+    limit, not on the content, so it is not remembered (a higher limit later decodes them).
+    """
     shards = _Shards(Path(cache_dir or default_cache_dir()) / "decoded" / f"{size}x{size}")
     todo: dict[str, str] = {}  # sha -> one path holding that content
     for item in manifest.items:
@@ -95,12 +105,17 @@ def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | No
             todo.setdefault(item.sha256, str(manifest.absolute(item)))
     if todo:
         log.info("decoding %d images to %dx%d (cached for later runs)", len(todo), size, size)
-        results = _decode_all(list(todo.values()), size, workers)
+        results = _decode_all(list(todo.values()), size, workers, max_pixels)
         good = [(sha, r) for sha, r in zip(todo, results) if not isinstance(r, str)]
         failed = {sha: r for sha, r in zip(todo, results) if isinstance(r, str)}
-        pixels = (np.stack([r for _, r in good]) if good
-                  else np.zeros((0, size, size, 3), np.uint8))
-        shards.add([sha for sha, _ in good], pixels, failed)
+        too_large = {sha: r for sha, r in failed.items()
+                     if r.startswith(REASON_TOO_MANY_PIXELS)}
+        remembered = {sha: r for sha, r in failed.items() if sha not in too_large}
+        if good or remembered:
+            pixels = (np.stack([r for _, r in good]) if good
+                      else np.zeros((0, size, size, 3), np.uint8))
+            shards.add([sha for sha, _ in good], pixels, remembered)
+        shards.failed.update(too_large)  # for this call only
     ok = np.array([item.sha256 in shards.rows for item in manifest.items], dtype=bool)
     out = np.empty((int(ok.sum()), size, size, 3), np.uint8)
     failures: dict[int, str] = {}
@@ -115,11 +130,13 @@ def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | No
     return DecodedImages(out, ok, failures, len(todo))
 
 
-def _decode_all(paths: list[str], size: int, workers: int | None) -> list[np.ndarray | str]:
+def _decode_all(paths: list[str], size: int, workers: int | None,
+                max_pixels: int) -> list[np.ndarray | str]:
     workers = workers or usable_cores()
     if workers <= 1 or len(paths) < _PARALLEL_FROM:
-        return [_decode_one(p, size) for p in paths]
+        return [_decode_one(p, size, max_pixels) for p in paths]
     # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and threads
     # need no bootstrapping of __main__ (scripts, notebooks) nor fork a multi-threaded process.
     with ThreadPoolExecutor(workers, thread_name_prefix="imgclass-decode") as pool:
-        return list(pool.map(_decode_one, paths, [size] * len(paths)))
+        return list(pool.map(_decode_one, paths, [size] * len(paths),
+                             [max_pixels] * len(paths)))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclass.data.cache import load_images
+from imgclass.data.images import DEFAULT_MAX_PIXELS
 from imgclass.data.scan import Manifest, ScanReport, Skipped, scan_folder
 
 log = logging.getLogger(__name__)
@@ -34,17 +35,21 @@ class Dataset:
 
 def load_dataset(data_dir: str | os.PathLike, image_size: int,
                  cache_dir: str | os.PathLike | None = None,
-                 keep_conflicts: bool = False) -> Dataset:
-    """keep_conflicts: keep contents found under two classes (default: skip every copy)."""
+                 keep_conflicts: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+    """keep_conflicts: keep contents found under two classes (default: skip every copy).
+
+    max_pixels: images with more pixels (width x height) are skipped, never decoded.
+    """
     manifest = scan_folder(data_dir)
-    return decode_manifest(manifest, image_size, cache_dir, keep_conflicts)
+    return decode_manifest(manifest, image_size, cache_dir, keep_conflicts, max_pixels)
 
 
 def decode_manifest(manifest: Manifest, image_size: int,
                     cache_dir: str | os.PathLike | None = None,
-                    keep_conflicts: bool = False) -> Dataset:
+                    keep_conflicts: bool = False,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     used = manifest if keep_conflicts else manifest.without_conflicts()
-    decoded = load_images(used, image_size, cache_dir)
+    decoded = load_images(used, image_size, cache_dir, max_pixels=max_pixels)
     skipped = list(used.skipped)
     for index, reason in decoded.failures.items():
         skipped.append(Skipped(used.items[index].path, reason))
