@@ -253,11 +253,11 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
     return FitResult(history, kept, interrupted)
 
 
-def _history_csv(history: list[EpochStats]) -> str:
+def _history_csv(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(asdict(history[0])), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(asdict(h) for h in history)
+    writer.writerows(rows)
     return buffer.getvalue()
 
 
@@ -426,8 +426,9 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
 
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
                                                   config.model, config.tta_flip))
-    atomic.write_text(run_dir / "history.csv", _history_csv(history))
-    columns = {k: [asdict(h)[k] for h in history] for k in asdict(history[0])}
+    rows = [asdict(h) for h in history]
+    atomic.write_text(run_dir / "history.csv", _history_csv(rows))
+    columns = {k: [row[k] for row in rows] for k in rows[0]}
     plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
     probabilities = predict_proba(model, val_data.pixels, device, tta_flip=config.tta_flip)
     validation = classification_metrics(val_data.labels.numpy(), probabilities.argmax(1),
