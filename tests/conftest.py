@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,28 @@ def trained_run(tmp_path_factory) -> Path:
     result = train(data, base / "run", cache_dir=base / "cache", image_size=16, epochs=4,
                    batch_size=8, seed=1)
     return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by Selenium: Debian's chromium and chromium-driver (.ci/run).
+
+    The browser's console log is kept: `browser.get_log("browser")` lists the page's errors.
+    """
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("chromium and chromedriver are not installed (.ci/run installs Debian's "
+                    "chromium and chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver),
+                               options=options)
+    yield session
+    session.quit()
