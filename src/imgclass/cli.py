@@ -80,19 +80,42 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
                           ("source", "file", "reason")))
 
 
+_RECIPE = click.option("--recipe", help="A named recipe (seed, fast) or a .json recipe file  "
+                       "[default: seed].")
+_MODEL = click.option("--model", help="seed_cnn, fast_resnet, or a torchvision backbone: "
+                      "resnet18, mobilenet_v3_small, efficientnet_b0 [default: the recipe's].")
+_PRETRAINED = click.option("--pretrained", help="Backbone weights: a .safetensors or .pth state "
+                           "dict file, or 'imagenet' (torchvision's, downloaded once).")
+_IMAGE_SIZE = click.option("--image-size", type=int, help="Side of the square input, pixels "
+                           "[default: the recipe's; a backbone's own input size with --model].")
+_EPOCHS = click.option("--epochs", type=int, help="Maximum number of epochs.")
+_BATCH_SIZE = click.option("--batch-size", type=int, help="Images per optimiser step.")
+_SEED = click.option("--seed", type=int, help="Seed of every random stream (split, order, ...).")
+_CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path),
+                          help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or "
+                               "~/.cache/imgclass).")
+_DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=False,
+                                                      path_type=Path))
+
+
 @main.command()
 @click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False,
                                                             path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run directory (default runs/<data>-<recipe>-<time>).")
-@click.option("--recipe", help="A named recipe (seed, fast) or a .json recipe file  "
-              "[default: seed].")
-@click.option("--image-size", type=int, help="Side of the square input, pixels.")
-@click.option("--epochs", type=int, help="Maximum number of epochs.")
-@click.option("--batch-size", type=int, help="Images per optimiser step.")
+@_RECIPE
+@_MODEL
+@_PRETRAINED
+@click.option("--freeze-epochs", type=int,
+              help="Backbones: train only the new head for this many epochs, then all layers.")
+@click.option("--dropout", type=float, help="Dropout before the classifier [default: the "
+              "model's].")
+@_IMAGE_SIZE
+@_EPOCHS
+@_BATCH_SIZE
 @click.option("--lr", type=float, help="Learning rate.")
 @click.option("--val-split", type=float, help="Fraction of each class held out.")
-@click.option("--seed", type=int, help="Seed of every random stream (split, order, ...).")
+@_SEED
 @click.option("--patience", type=int, help="Early-stopping patience in epochs (0: off).")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="auto: bf16 where the hardware computes it natively.")
@@ -100,8 +123,7 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
               help="Keep images whose content also appears under another class.")
 @click.option("--max-pixels", type=int,
               help="Skip images with more pixels (width x height) [default: 100,000,000].")
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
+@_CACHE_DIR
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last completed epoch, with its own "
@@ -214,3 +236,38 @@ def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_co
                    f"{len(report.conflicts)}")
         click.echo(_table([(g.sha256[:12], ", ".join(g.classes), ", ".join(g.paths))
                            for g in report.conflicts], ("sha256", "classes", "files")))
+
+
+@main.command()
+@_DATA_DIR
+@click.option("--trials", type=int, required=True, help="Trials to finish (counting those "
+              "of an earlier, interrupted tune in --out).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder of the study (study.db), trials.csv, history.png, best_recipe.json.")
+@_RECIPE
+@_MODEL
+@_PRETRAINED
+@_IMAGE_SIZE
+@_EPOCHS
+@_SEED
+@click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
+@_CACHE_DIR
+def tune(data_dir: Path, trials: int, out: Path, recipe: str | None, timeout: float | None,
+         cache_dir: Path | None, **overrides) -> None:
+    """Search learning rate, batch size, dropout and augmentation with Optuna."""
+    from imgclass.tune import tune as run_tune
+
+    result = run_tune(data_dir, out, trials, recipe=recipe, timeout=timeout,
+                      cache_dir=cache_dir, **overrides)
+    ranked = sorted((r for r in result.rows if r["state"] == "complete"),
+                    key=lambda r: r["val_loss"])
+    params = list(result.study.best_trial.params)
+    click.echo(_table([(r["trial"], f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}", r["epochs"],
+                        *(f"{r[k]:.4g}" if isinstance(r[k], float) else r[k] for k in params))
+                       for r in ranked[:10]], ("trial", "val_loss", "val_acc", "epochs", *params)))
+    states = [r["state"] for r in result.rows]
+    click.echo(f"{len(states)} trials: {states.count('complete')} complete, "
+               f"{states.count('pruned')} pruned, {states.count('fail')} failed")
+    click.echo(f"best: trial {result.study.best_trial.number}, validation accuracy "
+               f"{result.best_val_acc:.4f}; recipe written to {out / 'best_recipe.json'} "
+               f"(imgclass train DATA --recipe {out / 'best_recipe.json'})")

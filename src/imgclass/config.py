@@ -28,7 +28,10 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = "seed"
-    model: str = "seed_cnn"
+    model: str = "seed_cnn"  # seed_cnn, fast_resnet, or a torchvision backbone (models/backbones)
+    pretrained: str | None = None  # backbone weights: a .safetensors/.pth file, or "imagenet"
+    freeze_epochs: int = 0  # backbones: epochs training the new head only, the rest frozen
+    dropout: float | None = None  # before the classifier; None: the model's own default
     image_size: int = 64  # pixels, square
     val_split: float = 0.2  # fraction of each class held out for validation
     seed: int = 0
@@ -80,6 +83,9 @@ class TrainConfig:
             (0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup}"),
             (0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
+            (self.dropout is None or 0.0 <= self.dropout < 1.0,
+             f"dropout must be in [0, 1), got {self.dropout}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -108,6 +114,19 @@ RECIPES: dict[str, TrainConfig] = {
         augment=AugmentConfig(hflip=True, rotation=0.05, zoom=0.2, translate=0.1),
     ),
 }
+
+
+def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
+    """The recipe (default seed) with overrides, checked; a backbone given as an override
+    without an image size takes the backbone's own input size."""
+    from imgclass.models import check_model_options, default_image_size
+
+    config = load_recipe(recipe or "seed").replace(**overrides)
+    if overrides.get("model") is not None and overrides.get("image_size") is None:
+        config = config.replace(image_size=default_image_size(config.model))
+    config.validate()
+    check_model_options(config.model, config.pretrained, config.freeze_epochs)
+    return config
 
 
 def load_recipe(name_or_path: str) -> TrainConfig:

@@ -54,3 +54,16 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if shares[i, j] > 0.5 else "black")
     _save(fig, path)
+
+
+def plot_trials(trials: Sequence[int], values: Sequence[float], name: str,
+                path: str | os.PathLike) -> None:
+    """A tuning history: each completed trial's objective and the best so far (lower is better)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(trials, values, "o", label="trial")
+    ax.plot(trials, np.minimum.accumulate(values), "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(name)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

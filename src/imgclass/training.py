@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +44,7 @@ from imgclass.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from imgclass.config import TrainConfig, load_recipe
+from imgclass.config import TrainConfig, build_config
 from imgclass.data.augment import KerasAugment
 from imgclass.data.batches import Batch, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
@@ -53,10 +53,12 @@ from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json, stratified_split
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
 from imgclass.models import build_model
+from imgclass.models.backbones import Backbone
 from imgclass.models.summary import model_summary
 from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
 from imgclass.runtime import Device
+from imgclass.tracking import tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +171,38 @@ class EarlyStopping:
         return self.best_epoch
 
 
+def new_model(config: TrainConfig, num_classes: int, device: Device) -> nn.Module:
+    """The recipe's model (pretrained weights loaded), seeded by the `init` stream, on device."""
+    torch.manual_seed(runtime.stream_seed(config.seed, "init"))
+    model = build_model(config.model, num_classes, config.image_size, config.dropout,
+                        config.pretrained)
+    return model.to(device.torch_device, memory_format=torch.channels_last)
+
+
+def _set_frozen(model: nn.Module, config: TrainConfig, epoch: int) -> None:
+    """Freeze-then-unfreeze: the backbone is frozen in epochs 1..freeze_epochs (a function of
+    the epoch alone, so a resumed run freezes exactly as an uninterrupted one)."""
+    if not config.freeze_epochs:
+        return
+    frozen = epoch <= config.freeze_epochs
+    assert isinstance(model, Backbone), "check_model_options allows freeze_epochs on backbones"
+    model.freeze(frozen)
+    if frozen:
+        log.info("epoch %d: backbone frozen (until epoch %d), training the new head only",
+                 epoch, config.freeze_epochs)
+    elif epoch == config.freeze_epochs + 1:
+        log.info("epoch %d: backbone unfrozen, training all layers", epoch)
+
+
 def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
         device: Device, progress: bool = False, *, checkpoint_dir: Path | None = None,
-        resume: TrainingState | None = None) -> FitResult:
+        resume: TrainingState | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None) -> FitResult:
     """Train with early stopping on validation loss; the model ends with the best weights.
 
     checkpoint_dir: save a checkpoint there after every epoch. resume: continue from one.
+    on_epoch: called with each epoch's stats once its checkpoint is saved (TensorBoard, tune's
+    pruning); an exception it raises ends the fit and propagates.
     Ctrl-C (KeyboardInterrupt) goes back to the last completed epoch and ends the fit there;
     it is raised again only when no epoch was completed.
     """
@@ -203,6 +231,7 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
     try:
         while not stop and len(history) < config.epochs:
             epoch = len(history) + 1
+            _set_frozen(model, config, epoch)
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
@@ -234,6 +263,8 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
             else:
                 completed = state
             del state
+            if on_epoch is not None:
+                on_epoch(stats)
             if stop:
                 log.info("early stopping: validation loss has not improved for %d epochs",
                          config.patience)
@@ -332,8 +363,7 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
         config, stored = _stored_run(run_dir)
         data_dir = Path(stored["data_dir"])
     else:
-        config = load_recipe(recipe or "seed").replace(**overrides)
-        config.validate()
+        config = build_config(recipe, **overrides)
         if data_dir is None:
             data_dir = digits_folder(cache_dir)
             log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
@@ -378,11 +408,9 @@ def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, d
     atomic.write_json(run_dir / "scan.json", dataset.report.to_dict())
 
 
-def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
-           cache_dir: str | os.PathLike | None, progress: bool,
-           stored: dict | None) -> TrainResult:
-    """stored: the config.json of the run to resume, None for a new run."""
-    started = time.perf_counter()
+def load_data(data_dir: Path, config: TrainConfig,
+              cache_dir: str | os.PathLike | None) -> Dataset:
+    """The decoded data set at the recipe's image size, its summary logged."""
     dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts,
                            config.max_pixels)
     log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
@@ -393,6 +421,15 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
              "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
              "kept" if report.conflicts_kept else "left out")
+    return dataset
+
+
+def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
+           cache_dir: str | os.PathLike | None, progress: bool,
+           stored: dict | None) -> TrainResult:
+    """stored: the config.json of the run to resume, None for a new run."""
+    started = time.perf_counter()
+    dataset = load_data(data_dir, config, cache_dir)
     device = Device.select(config.precision)
     resume = None
     if stored is not None:
@@ -412,16 +449,17 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
                                  groups=dataset.sha256)
         _write_run_description(run_dir, config, data_dir, dataset, split, device)
 
-    torch.manual_seed(runtime.stream_seed(config.seed, "init"))
-    model = build_model(config.model, len(dataset.classes), config.image_size)
+    # the pretrained weights are read for a new run only: a resumed one has its own
+    model = new_model(dataclasses.replace(config, pretrained=None) if resume else config,
+                      len(dataset.classes), device)
     log.info("%s", model_summary(model, config.image_size, title=f"model {config.model}"))
-    model = model.to(device.torch_device, memory_format=torch.channels_last)
     train_data, val_data = _Tensors(dataset, split.train), _Tensors(dataset, split.val)
     log.info("training on %d images, validating on %d; %s, %s, %d threads",
              len(split.train), len(split.val), device.torch_device, device.precision,
              torch.get_num_threads())
-    fitted = fit(model, train_data, val_data, config, device, progress,
-                 checkpoint_dir=run_dir, resume=resume)
+    with tensorboard(run_dir) as on_epoch:
+        fitted = fit(model, train_data, val_data, config, device, progress,
+                     checkpoint_dir=run_dir, resume=resume, on_epoch=on_epoch)
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
 
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,

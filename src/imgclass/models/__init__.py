@@ -1,4 +1,4 @@
-"""Model registry: build_model(name, num_classes, image_size)."""
+"""Model registry: build_model(name, num_classes, image_size, dropout, pretrained)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,42 @@ from collections.abc import Callable
 
 from torch import nn
 
+from imgclass.models.backbones import BACKBONES, Backbone, input_size, load_pretrained
 from imgclass.models.fast import FastNet
 from imgclass.models.seed import SeedCNN
 
-MODELS: dict[str, Callable[[int, int], nn.Module]] = {
-    "seed_cnn": lambda num_classes, image_size: SeedCNN(num_classes, image_size),
-    "fast_resnet": lambda num_classes, image_size: FastNet(num_classes),
+# (num_classes, image_size, dropout or None for the model's default) -> a new model
+MODELS: dict[str, Callable[[int, int, float | None], nn.Module]] = {
+    "seed_cnn": lambda classes, size, dropout: (
+        SeedCNN(classes, size) if dropout is None else SeedCNN(classes, size, dropout)),
+    "fast_resnet": lambda classes, size, dropout: FastNet(classes, dropout=dropout or 0.0),
+    **{name: (lambda classes, size, dropout, name=name: Backbone(name, classes, dropout))
+       for name in BACKBONES},
 }
 
 
-def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
-    """A freshly initialised model; call under the `init` random stream for reproducibility."""
+def check_model_options(name: str, pretrained: str | None, freeze_epochs: int) -> None:
+    """ValueError for an unknown model, or backbone-only options given to another model."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes, image_size)
+    if name not in BACKBONES and (pretrained or freeze_epochs):
+        raise ValueError(f"--pretrained and --freeze-epochs need a torchvision backbone "
+                         f"({', '.join(BACKBONES)}), not {name}")
+
+
+def default_image_size(name: str) -> int | None:
+    """The input size a backbone's pretrained weights expect; None for the other models."""
+    return input_size(name) if name in BACKBONES else None
+
+
+def build_model(name: str, num_classes: int, image_size: int, dropout: float | None = None,
+                pretrained: str | None = None) -> nn.Module:
+    """A new model; call under the `init` random stream for reproducibility.
+
+    pretrained: a weights file or "imagenet" for a backbone (every layer but the new head).
+    """
+    check_model_options(name, pretrained, 0)
+    model = MODELS[name](num_classes, image_size, dropout)
+    if pretrained:
+        load_pretrained(model, pretrained, name)
+    return model

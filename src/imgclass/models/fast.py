@@ -31,7 +31,7 @@ class ConvGroup(nn.Module):
 
 class FastNet(nn.Module):
     def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
-                 head_scale: float = 1 / 8):
+                 head_scale: float = 1 / 8, dropout: float = 0.0):
         super().__init__()
         self.stem = nn.Sequential(  # stride-2 stem: 64x64 in, 32x32 out
             nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
@@ -39,9 +39,11 @@ class FastNet(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.groups = nn.Sequential(*(ConvGroup(a, b) for a, b in zip(widths, widths[1:])))
+        # no module at all without dropout: the recipe's results and random streams stay as they are
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
         self.head_scale = head_scale  # airbench: a fixed temperature on the logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.stem(x))
-        return self.head(torch.amax(x, dim=(2, 3))) * self.head_scale
+        return self.head(self.dropout(torch.amax(x, dim=(2, 3)))) * self.head_scale
