@@ -238,6 +238,36 @@ def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_co
                            for g in report.conflicts], ("sha256", "classes", "files")))
 
 
+@main.command("lr-find")
+@_DATA_DIR
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for lr_find.csv, .png and "
+              ".json [default: runs/<data>-lr-find].")
+@_RECIPE
+@_MODEL
+@_PRETRAINED
+@_IMAGE_SIZE
+@_BATCH_SIZE
+@_SEED
+@click.option("--steps", type=int, default=100, show_default=True,
+              help="Optimiser steps of the sweep (at most).")
+@click.option("--start-lr", type=float, default=1e-7, show_default=True)
+@click.option("--end-lr", type=float, default=10.0, show_default=True)
+@_CACHE_DIR
+def lr_find(data_dir: Path, out: Path | None, recipe: str | None, steps: int, start_lr: float,
+            end_lr: float, cache_dir: Path | None, **overrides) -> None:
+    """Learning-rate range test: loss against an exponentially growing learning rate."""
+    from imgclass.lrfind import lr_find as run_lr_find
+
+    out = out or Path("runs") / f"{data_dir.resolve().name}-lr-find"
+    result = run_lr_find(data_dir, out, recipe=recipe, steps=steps, start_lr=start_lr,
+                         end_lr=end_lr, cache_dir=cache_dir, **overrides)
+    click.echo(f"{len(result.lrs)} steps ({result.stopped}), lr {result.lrs[0]:.3g} to "
+               f"{result.lrs[-1]:.3g}")
+    click.echo(f"suggested learning rate: {result.suggested_lr:.3g} (steepest descent of the "
+               f"smoothed loss); minimum / 10: {result.min_loss_lr_div10:.3g}")
+    click.echo(f"plot and table in {out} (lr_find.png, lr_find.csv, lr_find.json)")
+
+
 @main.command()
 @_DATA_DIR
 @click.option("--trials", type=int, required=True, help="Trials to finish (counting those "

@@ -67,3 +67,20 @@ def plot_trials(trials: Sequence[int], values: Sequence[float], name: str,
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                 suggested: float, path: str | os.PathLike) -> None:
+    """The learning-rate range test: loss against learning rate (log scale), the suggestion."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses, alpha=0.3, label="loss")
+    ax.plot(lrs, smoothed, label="smoothed loss")
+    ax.axvline(suggested, color="grey", linestyle="--", label=f"suggested {suggested:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
+           title="Learning-rate range test")
+    finite = [v for v in smoothed if np.isfinite(v)]
+    if finite:  # the last, diverging steps would squash the interesting part
+        ax.set_ylim(min(finite) * 0.9, max(finite[0], min(finite)) * 1.5)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

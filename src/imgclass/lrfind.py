@@ -1,0 +1,133 @@
+"""lr_find(): the learning-rate range test (Leslie Smith; fastai's lr_find).
+
+Trains the recipe's model on its training split (the data, split, model and optimiser `train`
+would use) for a bounded number of steps while the learning rate grows exponentially from
+start_lr to end_lr; the loss is smoothed (bias-corrected exponential moving average) and the
+sweep stops once it diverges. The suggestion is the learning rate of the steepest descent of the
+smoothed loss (against log10 of the learning rate); the minimum's learning rate / 10 is given
+beside it. Every layer is trained (freeze_epochs does not apply). Only its own outputs are
+written: lr_find.csv, lr_find.png, lr_find.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclass import atomic, runtime
+from imgclass.config import build_config
+from imgclass.data.augment import KerasAugment
+from imgclass.data.batches import iterate_batches
+from imgclass.data.split import stratified_split
+from imgclass.optim import build_optimizer
+from imgclass.report import plot_lr_find
+from imgclass.runtime import Device
+from imgclass.training import load_data, new_model
+
+log = logging.getLogger(__name__)
+
+SMOOTHING = 0.98  # weight of the running average per step (fastai's beta)
+DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
+
+
+@dataclass
+class LRFindResult:
+    lrs: list[float]
+    losses: list[float]  # raw, per step
+    smoothed: list[float]
+    suggested_lr: float  # steepest descent of the smoothed loss
+    min_loss_lr_div10: float  # the learning rate of the lowest smoothed loss, / 10
+    stopped: str  # why the sweep ended: "diverged" or "all steps"
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
+    """(learning rate of the steepest descent, learning rate of the minimum / 10).
+
+    The steepest descent is looked for before the minimum only: past it the loss climbs.
+    """
+    lowest = int(np.argmin(smoothed))
+    if lowest < 2:  # no descent to measure
+        return float(lrs[lowest]), float(lrs[lowest] / 10)
+    slope = np.gradient(smoothed[:lowest + 1], np.log10(lrs[:lowest + 1]))
+    return float(lrs[int(np.argmin(slope))]), float(lrs[lowest] / 10)
+
+
+def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str | None = None,
+            steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
+            cache_dir: str | os.PathLike | None = None, **overrides) -> LRFindResult:
+    """Sweep the learning rate over `steps` optimiser steps (fewer if the loss diverges)."""
+    runtime.configure()
+    if steps < 3 or not 0 < start_lr < end_lr:
+        raise ValueError(f"need steps >= 3 and 0 < start_lr < end_lr, got {steps}, {start_lr}, "
+                         f"{end_lr}")
+    config = build_config(recipe, **overrides)
+    out = Path(out)
+    dataset = load_data(Path(data_dir), config, cache_dir)
+    split = stratified_split(dataset.labels, config.val_split, config.seed, groups=dataset.sha256)
+    device = Device.select(config.precision)
+    model = new_model(config, len(dataset.classes), device)
+    optimizer = build_optimizer(model, config)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    augment = KerasAugment(config.augment, runtime.generator(config.seed, "augment"))
+    shuffle = runtime.generator(config.seed, "shuffle")
+    pixels = torch.from_numpy(dataset.pixels[split.train])
+    labels = torch.from_numpy(dataset.labels[split.train])
+    lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
+    losses: list[float] = []
+    smoothed: list[float] = []
+    average, stopped = 0.0, "all steps"
+    model.train()
+    while len(losses) < steps and stopped == "all steps":  # as many passes as the steps need
+        for x, y in iterate_batches(pixels, labels, config.batch_size, shuffle=shuffle,
+                                    augment=augment):
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[len(losses)])
+            x, y = x.to(device.torch_device), y.to(device.torch_device)
+            with device.autocast():
+                loss = loss_fn(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            average = SMOOTHING * average + (1 - SMOOTHING) * losses[-1]
+            smoothed.append(average / (1 - SMOOTHING ** len(losses)))
+            if not math.isfinite(smoothed[-1]) or smoothed[-1] > DIVERGED * min(smoothed):
+                stopped = "diverged"
+                break
+            if len(losses) == steps:
+                break
+    swept = lrs[:len(losses)]
+    finite = np.isfinite(smoothed)
+    if not finite.any():
+        raise ValueError(f"{data_dir}: the loss was not finite from the first step at "
+                         f"lr {start_lr:g}; try a lower --start-lr")
+    suggested, min_div10 = suggest(swept[finite], np.asarray(smoothed)[finite])
+    result = LRFindResult(swept.tolist(), losses, smoothed, suggested, min_div10, stopped)
+    _write(out, result, config.to_dict())
+    log.info("lr-find: %d steps (%s); suggested learning rate %.3g (steepest descent), "
+             "minimum / 10: %.3g", len(losses), stopped, suggested, min_div10)
+    return result
+
+
+def _write(out: Path, result: LRFindResult, config: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("step", "lr", "loss", "smoothed_loss"))
+    writer.writerows(zip(range(1, len(result.lrs) + 1), result.lrs, result.losses,
+                         result.smoothed))
+    atomic.write_text(out / "lr_find.csv", buffer.getvalue())
+    summary = {k: v for k, v in asdict(result).items() if k not in ("lrs", "losses", "smoothed")}
+    atomic.write_json(out / "lr_find.json", {**summary, "steps": len(result.lrs),
+                                             "config": config})
+    plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggested_lr,
+                 out / "lr_find.png")
