@@ -92,7 +92,7 @@ def test_pretrained_errors_name_the_file(tmp_path, monkeypatch):
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="junk.safetensors: not a readable weights file"):
         build_model("resnet18", 3, 32, pretrained=str(junk))
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
+    with pytest.raises(FileNotFoundError, match="absent.pth: pretrained weights file not found"):
         build_model("resnet18", 3, 32, pretrained=str(tmp_path / "absent.pth"))
 
     def offline(*args, **kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -21,12 +22,16 @@ MODELS: dict[str, Callable[[int, int, float | None], nn.Module]] = {
 
 
 def check_model_options(name: str, pretrained: str | None, freeze_epochs: int) -> None:
-    """ValueError for an unknown model, or backbone-only options given to another model."""
+    """ValueError for an unknown model or backbone-only options given to another model;
+    FileNotFoundError for a missing weights file: before any data is read."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     if name not in BACKBONES and (pretrained or freeze_epochs):
         raise ValueError(f"--pretrained and --freeze-epochs need a torchvision backbone "
                          f"({', '.join(BACKBONES)}), not {name}")
+    if pretrained and pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"{pretrained}: pretrained weights file not found (give a "
+                                ".safetensors or .pth state dict, or 'imagenet')")
 
 
 def default_image_size(name: str) -> int | None:

@@ -82,8 +82,6 @@ class Backbone(nn.Module):
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrained weights file not found")
     try:
         if path.suffix == ".safetensors":
             state = load_file(path)
