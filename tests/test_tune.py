@@ -76,3 +76,19 @@ def test_best_recipe_round_trips(tmp_path):
     path = tmp_path / "best.json"
     path.write_text(json.dumps({k: v for k, v in config.to_dict().items() if k != "recipe"}))
     assert load_recipe(str(path)) == dataclasses.replace(config, recipe="best")
+
+
+def test_ctrl_c_stops_the_tune_and_keeps_the_study(class_tree, tmp_path, monkeypatch):
+    from imgclass.training import FitResult
+    from imgclass.tune import STUDY, STUDY_NAME, tune
+
+    def interrupted_fit(*args, **kwargs):  # fit() ends an epoch early on Ctrl-C, then returns
+        return FitResult(history=[], restored_epoch=0, interrupted=True)
+
+    monkeypatch.setattr("imgclass.tune.fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        tune(class_tree, tmp_path / "tune", 2, recipe="fast", image_size=16,
+             cache_dir=tmp_path / "cache")
+    study = optuna.load_study(study_name=STUDY_NAME,
+                              storage=f"sqlite:///{tmp_path / 'tune' / STUDY}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]

@@ -287,8 +287,13 @@ def tune(data_dir: Path, trials: int, out: Path, recipe: str | None, timeout: fl
     """Search learning rate, batch size, dropout and augmentation with Optuna."""
     from imgclass.tune import tune as run_tune
 
-    result = run_tune(data_dir, out, trials, recipe=recipe, timeout=timeout,
-                      cache_dir=cache_dir, **overrides)
+    try:
+        result = run_tune(data_dir, out, trials, recipe=recipe, timeout=timeout,
+                          cache_dir=cache_dir, **overrides)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: {out / 'study.db'} keeps the finished trials; the same "
+                   "command continues the study.", err=True)
+        sys.exit(130)
     ranked = sorted((r for r in result.rows if r["state"] == "complete"),
                     key=lambda r: r["val_loss"])
     params = list(result.study.best_trial.params)

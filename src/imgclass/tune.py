@@ -175,6 +175,9 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, trials: int, *,
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
+        if fitted.interrupted:  # Ctrl-C: fit() ended early; the study keeps the finished trials
+            study.tell(trial, state=TrialState.FAIL)
+            raise KeyboardInterrupt
         kept = fitted.history[fitted.restored_epoch - 1]
         trial.set_user_attr("val_acc", kept.val_acc)
         trial.set_user_attr("seconds", time.perf_counter() - trial_start)

@@ -75,7 +75,11 @@ class Backbone(nn.Module):
         return self.net((x - self.mean) / self.std)
 
     def freeze(self, frozen: bool) -> None:
-        """Train the new head only (frozen), or every parameter."""
+        """Train the new head only (frozen), or every parameter.
+
+        BatchNorm running statistics keep adapting to the new data while frozen (as fastai's
+        freeze does): only the parameters stop.
+        """
         head = f"{self.spec.head}."
         for name, param in self.net.named_parameters():
             param.requires_grad_(not frozen or name.startswith(head))
