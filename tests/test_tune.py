@@ -67,7 +67,7 @@ def test_a_hook_that_raises_ends_the_fit(class_tree, tmp_path):
 
     device = Device.select("fp32")
     with pytest.raises(optuna.TrialPruned):
-        fit(new_model(config, 3, device), data, data, config, device, on_epoch=prune)
+        fit(new_model(config, 3, device), data, data, config, device, 3, on_epoch=prune)
     assert seen == [1]
 
 

@@ -21,17 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from imgclass import atomic, runtime
 from imgclass.config import build_config
-from imgclass.data.augment import KerasAugment
-from imgclass.data.batches import iterate_batches
+from imgclass.data.augment import TrainAugment
+from imgclass.data.batches import epoch_order, iterate_batches
 from imgclass.data.split import stratified_split
 from imgclass.optim import build_optimizer
 from imgclass.report import plot_lr_find
 from imgclass.runtime import Device
-from imgclass.training import load_data, new_model
+from imgclass.training import load_data, new_model, training_loss
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +75,20 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
     device = Device.select(config.precision)
     model = new_model(config, len(dataset.classes), device)
     optimizer = build_optimizer(model, config)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    augment = KerasAugment(config.augment, runtime.generator(config.seed, "augment"))
-    shuffle = runtime.generator(config.seed, "shuffle")
     pixels = torch.from_numpy(dataset.pixels[split.train])
     labels = torch.from_numpy(dataset.labels[split.train])
+    loss_fn = training_loss(config, labels, len(dataset.classes), device)
+    augment = TrainAugment(config.augment, runtime.generator(config.seed, "augment"),
+                           len(dataset.classes))
+    shuffle = runtime.generator(config.seed, "shuffle")
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     losses: list[float] = []
     smoothed: list[float] = []
     average, stopped = 0.0, "all steps"
     model.train()
     while len(losses) < steps and stopped == "all steps":  # as many passes as the steps need
-        for x, y in iterate_batches(pixels, labels, config.batch_size, shuffle=shuffle,
+        order = epoch_order(labels, shuffle, balanced=config.sampler == "balanced")
+        for x, y in iterate_batches(pixels, labels, config.batch_size, order=order,
                                     augment=augment):
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[len(losses)])

@@ -54,6 +54,8 @@ def search_space(base: TrainConfig) -> dict[str, BaseDistribution]:
         "augment.rotation": FloatDistribution(0.0, 0.15),  # fraction of a full turn
         "augment.zoom": FloatDistribution(0.0, 0.3),  # fraction of the side
         "augment.translate": FloatDistribution(0.0, 0.2),  # fraction of the side
+        "augment.mixup": FloatDistribution(0.0, 0.4),  # Beta concentration; 0 = off
+        "augment.cutmix": FloatDistribution(0.0, 1.0),  # Beta concentration; 0 = off
     }
 
 
@@ -166,7 +168,7 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, trials: int, *,
         trial_start = time.perf_counter()
         try:
             fitted = fit(new_model(config, len(dataset.classes), device), train_data, val_data,
-                         config, device, on_epoch=prune)
+                         config, device, len(dataset.classes), on_epoch=prune)
         except optuna.TrialPruned as pruned:
             log.info("trial %d pruned at %s", trial.number, pruned)
             trial.set_user_attr("seconds", time.perf_counter() - trial_start)
