@@ -19,6 +19,10 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
     steepest, min_div10 = suggest(lrs, loss)
     assert np.isclose(np.log10(steepest), -3, atol=0.11)
     assert np.isclose(min_div10, lrs[np.argmin(loss)] / 10)
+    # the first tenth is left out: an early wobble of the average is not the steepest descent
+    wobbly = loss.copy()
+    wobbly[1] -= 1.0
+    assert np.isclose(suggest(lrs, wobbly)[0], steepest)
 
 
 def test_sweep_writes_only_its_outputs_and_stops_on_divergence(class_tree, tmp_path):

@@ -51,13 +51,17 @@ class LRFindResult:
 def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
     """(learning rate of the steepest descent, learning rate of the minimum / 10).
 
-    The steepest descent is looked for before the minimum only: past it the loss climbs.
+    The steepest descent is looked for between the first tenth of the steps (where the average
+    holds too few losses to be smooth; fastai skips them too) and the minimum (past it the loss
+    climbs).
     """
     lowest = int(np.argmin(smoothed))
-    if lowest < 2:  # no descent to measure
+    skip = len(lrs) // 10
+    if lowest - skip < 2:  # no descent to measure
         return float(lrs[lowest]), float(lrs[lowest] / 10)
-    slope = np.gradient(smoothed[:lowest + 1], np.log10(lrs[:lowest + 1]))
-    return float(lrs[int(np.argmin(slope))]), float(lrs[lowest] / 10)
+    part = slice(skip, lowest + 1)
+    slope = np.gradient(smoothed[part], np.log10(lrs[part]))
+    return float(lrs[skip + int(np.argmin(slope))]), float(lrs[lowest] / 10)
 
 
 def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str | None = None,
