@@ -147,21 +147,45 @@ def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path
                       ("", *m.classes)))
 
 
+_MODEL_SOURCE = click.Path(exists=True, path_type=Path)
+
+
 @main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model", type=_MODEL_SOURCE)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def predict(run: Path, paths: tuple[Path, ...], top_k: int, as_json: bool) -> None:
-    """Labels with probabilities for image files or folders of them."""
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "jsonl"]), default="text",
+              show_default=True, help="csv: path, label_1, probability_1, ..., error; "
+              "jsonl: one JSON object per line.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch.")
+@click.option("--max-pixels", type=int, help="Skip images with more pixels (width x height) "
+              "[default: 100,000,000].")
+def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_size: int,
+            max_pixels: int | None) -> None:
+    """Labels with probabilities for image files or folders of them.
+
+    MODEL is a run directory or a .onnx file written by `imgclass export`. Rows stream out as
+    batches finish, in input order; a progress bar goes to stderr.
+    """
+    import csv
+
     from imgclass.predict import Predictor
 
+    predictor = Predictor(model, batch_size, **({"max_pixels": max_pixels} if max_pixels else {}))
+    k = max(1, min(top_k, len(predictor.classes)))
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(["path", *(f"{c}_{i}" for i in range(1, k + 1)
+                                   for c in ("label", "probability")), "error"])
     skipped = 0
-    for p in Predictor(run).predict(paths, top_k=top_k):
+    for p in predictor.predict_iter(paths, top_k=k, progress=True):
         skipped += p.error is not None
-        if as_json:
+        if fmt == "jsonl":
             click.echo(json.dumps({"path": p.path, "labels": p.labels,
                                    "probabilities": p.probabilities, "error": p.error}))
+        elif fmt == "csv":
+            pairs = [x for pair in zip(p.labels, p.probabilities) for x in pair]
+            writer.writerow([p.path, *(pairs or [""] * 2 * k), p.error or ""])
         elif p.error:
             click.echo(f"{p.path}\tskipped: {p.error}")
         else:
@@ -169,6 +193,45 @@ def predict(run: Path, paths: tuple[Path, ...], top_k: int, as_json: bool) -> No
                 f"{label} {prob:.3f}" for label, prob in zip(p.labels, p.probabilities)))
     if skipped:
         log.warning("%d files skipped (not decodable images)", skipped)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The model file to write [default: RUN/model.onnx]; its metadata goes "
+                   "beside it (model.onnx.json).")
+def export(run: Path, fmt: str, out: Path | None) -> None:
+    """Export RUN's model (dynamic batch, checked against PyTorch with ONNX Runtime)."""
+    from imgclass.export import export_onnx, metadata_path
+
+    path = export_onnx(run, out)
+    click.echo(f"wrote {path} and {metadata_path(path)}")
+
+
+@main.command()
+@click.argument("model", type=_MODEL_SOURCE)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-upload-mb", type=float, default=20, show_default=True,
+              help="Largest request body; larger ones get 413.")
+@click.option("--max-pixels", type=int, default=40_000_000, show_default=True,
+              help="Largest image (width x height); larger ones get 413.")
+@click.option("--top-k", type=int, default=3, show_default=True,
+              help="Labels per image unless the request asks (?top_k=).")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Most images one model call takes from concurrent requests.")
+def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, top_k: int,
+          batch_size: int) -> None:
+    """An HTTP service and web page for MODEL (a run directory or a .onnx file).
+
+    POST /predict, GET /health, GET /model, GET /openapi.json, and GET / a page to drop photos on.
+    """
+    from imgclass.serve import serve as run_service
+
+    run_service(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20),
+                max_pixels=max_pixels, top_k=top_k, batch_size=batch_size)
 
 
 @main.command()
