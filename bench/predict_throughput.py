@@ -5,7 +5,7 @@ repetition, time `Predictor(...).predict(<every flowers5 photo>)` (decoding in t
 images/s) with the run (PyTorch) and with the .onnx file (ONNX Runtime), PyTorch with one decoding
 thread too (what the parallel decoding brings), and the model alone on pre-decoded pixels.
 
-    python bench/predict_throughput.py RUN [RUN ...] [--data DIR] [--reps 3]
+    python bench/predict_throughput.py RUN [RUN ...] [--data DIR] [--reps 3] [--limit N]
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--limit", type=int, help="only the first N files (sorted)")
     args = parser.parse_args()
-    files = list(expand_paths([args.data]))
+    files = list(expand_paths([args.data]))[:args.limit]
     print(f"{len(files)} files of {args.data}, {usable_cores()} cores; images/s, median of "
           f"{args.reps} interleaved runs [min-max]")
     with tempfile.TemporaryDirectory() as tmp:

@@ -108,15 +108,13 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
         except MultiPartException as err:
             raise HTTPException(400, f"malformed multipart body: {err.message}") from err
         try:
-            files = [(field, value) for field, value in form.multi_items()
-                     if isinstance(value, UploadFile)]
-            images = [value for field, value in files if field in FIELDS]
+            images = [(value.filename or field, value) for field, value in form.multi_items()
+                      if field in FIELDS and isinstance(value, UploadFile)]
             if not images:
                 got = ", ".join(sorted({f for f, _ in form.multi_items()})) or "none"
                 raise HTTPException(422, f"no image field: send images as multipart field "
                                          f"'file' (or 'files', repeated); fields sent: {got}")
-            return [(value.filename or field, await value.read())
-                    for field, value in files if field in FIELDS]
+            return [(name, await value.read()) for name, value in images]
         finally:
             await form.close()
 
