@@ -30,9 +30,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--limit", type=int, help="only the first N files (sorted)")
+    parser.add_argument("--limit", type=int, help="only N files, evenly spaced in sorted order")
     args = parser.parse_args()
-    files = list(expand_paths([args.data]))[:args.limit]
+    files = list(expand_paths([args.data]))
+    if args.limit:
+        files = files[::max(1, len(files) // args.limit)][:args.limit]
     print(f"{len(files)} files of {args.data}, {usable_cores()} cores; images/s, median of "
           f"{args.reps} interleaved runs [min-max]")
     with tempfile.TemporaryDirectory() as tmp:
