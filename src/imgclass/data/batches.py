@@ -27,12 +27,18 @@ def iterate_batches(
     *,
     shuffle: torch.Generator | None = None,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: Callable[[torch.Tensor, int], list[torch.Tensor]] | None = None,
 ) -> Iterator[Batch]:
-    """Batches in order, or in a fresh random order when a shuffle generator is given."""
+    """Batches in order, or in a fresh random order when a shuffle generator is given.
+
+    shard: cuts the epoch's order into this process's index batches (distributed.Context.batches,
+    its slice of each global batch); default: consecutive batches of batch_size.
+    Pixels (and labels) may live on a GPU, kept there when they fit: batches are then made
+    there (CPU indices index a GPU tensor).
+    """
     n = len(labels)
     order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        index = order[start:start + batch_size]
+    for index in (shard(order, batch_size) if shard else order.split(batch_size)):
         x = to_float(pixels[index])
         yield (augment(x) if augment else x), labels[index]
 
