@@ -332,14 +332,14 @@ def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
 
 def _environment(device: Device, ranks: Context) -> dict:
     """Where a run trains, as config.json records it (rank 0's view under torchrun)."""
-    return {"device": str(device.torch_device), "precision_used": device.precision,
+    return {"device_used": str(device.torch_device), "precision_used": device.precision,
             "threads": torch.get_num_threads(), "processes": ranks.world_size}
 
 
 def _warn_if_moved(run_dir: Path, stored: dict, device: Device, ranks: Context) -> None:
     now = _environment(device, ranks)
-    changed = [f"{k} {stored.get(k, 1)} -> {v}" for k, v in now.items()
-               if stored.get(k, 1 if k == "processes" else None) != v]
+    before = {"processes": 1} | {k: stored[k] for k in now if k in stored}
+    changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
     if changed and ranks.is_main:
         log.warning("%s: resumed with another %s: the results may differ in the last digits "
                     "from an uninterrupted run", run_dir, ", ".join(changed))
