@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from imgclass import distributed, runtime
-from imgclass.data.batches import iterate_batches
+from imgclass.data.batches import epoch_order, iterate_batches
 from imgclass.distributed import Context, batch_bounds
 from imgclass.training import train
 from tests.conftest import make_class_tree
@@ -39,16 +39,15 @@ def test_ranks_see_disjoint_samples_covering_the_split(n, batch_size, world):
     labels = torch.arange(n)
     seen = []
     for rank in range(world):
-        shuffle = runtime.generator(5, "shuffle")
+        order = epoch_order(labels, runtime.generator(5, "shuffle"))
         seen.append([y.tolist() for _, y in iterate_batches(
-            pixels, labels, batch_size, shuffle=shuffle,
-            shard=Context(rank, world).batches)])
+            pixels, labels, batch_size, order=order, shard=Context(rank, world).batches)])
     steps = {len(batches) for batches in seen}
     assert steps == {len(batch_bounds(n, batch_size, world))}, "the same steps on every rank"
     flat = [i for batches in seen for batch in batches for i in batch]
     assert sorted(flat) == list(range(n)), "disjoint, and together the whole split"
-    single = [y.tolist() for _, y in iterate_batches(pixels, labels, batch_size,
-                                                     shuffle=runtime.generator(5, "shuffle"))]
+    order = epoch_order(labels, runtime.generator(5, "shuffle"))
+    single = [y.tolist() for _, y in iterate_batches(pixels, labels, batch_size, order=order)]
     for step, batch in enumerate(single[:len(seen[0]) - 1]):  # full global batches
         assert sorted(sum((s[step] for s in seen), [])) == sorted(batch)
         assert {len(s[step]) for s in seen} == {batch_size // world}

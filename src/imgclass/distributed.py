@@ -5,7 +5,7 @@ LOCAL_RANK and LOCAL_WORLD_SIZE in their environment. Every rank loads the same 
 the same way and draws the same epoch order (same seed, same "shuffle" stream); each takes its
 own slice of every global batch (`Context.batches`), and DistributedDataParallel averages the
 gradients. `batch_size` is global: one optimiser step sees the same images as one process with
-that batch size. Validation runs on rank 0 and its loss and accuracy are broadcast, so every rank
+that batch size. Validation runs on rank 0 and its figures are broadcast, so every rank
 takes the same early-stopping decision; only rank 0 writes the run directory. Without torchrun
 (or with one process) nothing here starts a process group and every helper is the identity.
 """
