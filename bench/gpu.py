@@ -13,7 +13,7 @@
     python bench/gpu.py [--device cuda] [--out DIR] [--datasets ../shared/datasets]
     python bench/gpu.py --smoke   # tiny sizes on the CPU in seconds: every path runs (CI)
 
---smoke swaps the data for 12 built-in digits per class (zipped like CIFAR-10), the sizes for
+--smoke swaps the data for 12 of scikit-learn's digits per class (zipped like CIFAR-10), sizes for
 16x16 and batches of 4 and 8, the recipes' epochs for 1: its figures mean nothing.
 """
 
@@ -29,14 +29,15 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from time_to_accuracy import reach_time, read_run
 from torch import nn
 from tqdm import tqdm
 
 from imgclass import runtime
 from imgclass.config import RECIPES
-from imgclass.data.builtin import digits_folder
 from imgclass.data.ingest import prepare
 from imgclass.evaluation import evaluate
 from imgclass.models import build_model
@@ -69,7 +70,7 @@ def throughput(recipe: str, size: int, batch: int, steps: int, device: Device) -
         train_one_epoch(model, iter(itertools.repeat((x, y), n)), optimizer, None, loss_fn,
                         device, tqdm(disable=True), scaler)
 
-    run(3)  # warm-up: kernels chosen, memory pools filled
+    run(min(3, steps))  # warm-up: kernels chosen, memory pools filled
     synchronize(device)
     if device.torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device.torch_device)
@@ -117,18 +118,21 @@ def cifar_time_to_94(train_zip: Path, test_zip: Path, out: Path, device: str,
 
 
 def smoke_data(folder: Path) -> tuple[Path, Path, Path]:
-    """12 built-in digits per class as a class-folder tree, and 10 + 2 of them as CIFAR-like zips
-    (train/<class>/<file>, test/<class>/<file>)."""
-    digits = digits_folder(folder / "cache")
+    """12 of scikit-learn's digits per class as a class-folder tree of PNGs, and 10 + 2 of them
+    as CIFAR-like zips (train/<class>/<file>, test/<class>/<file>)."""
+    from sklearn.datasets import load_digits  # shipped with scikit-learn, no download
+
+    digits = load_digits()
     tree, zips = folder / "digits12", {"train": folder / "train.zip", "test": folder / "test.zip"}
     with zipfile.ZipFile(zips["train"], "w") as train_zip, \
             zipfile.ZipFile(zips["test"], "w") as test_zip:
-        for label in sorted(p for p in digits.iterdir() if p.is_dir()):
-            (tree / label.name).mkdir(parents=True, exist_ok=True)
-            for i, image in enumerate(sorted(label.glob("*.png"))[:12]):
-                (tree / label.name / image.name).write_bytes(image.read_bytes())
+        for label in range(10):
+            (tree / str(label)).mkdir(parents=True, exist_ok=True)
+            for i, index in enumerate(np.flatnonzero(digits.target == label)[:12]):
+                png = tree / str(label) / f"{index:04d}.png"
+                Image.fromarray(np.uint8(digits.images[index] * 255 / 16)).save(png)
                 side, archive = ("train", train_zip) if i < 10 else ("test", test_zip)
-                archive.write(image, f"{side}/{label.name}/{image.name}")
+                archive.write(png, f"{side}/{label}/{png.name}")
     return tree, zips["train"], zips["test"]
 
 

@@ -6,6 +6,7 @@ plain Python on top of them); the fp16 loss-scaling path runs on the CPU's own G
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from imgclass import runtime
 from imgclass.cli import main
-from imgclass.config import RECIPES, TrainConfig
+from imgclass.config import RECIPES, TrainConfig, load_recipe
 from imgclass.runtime import Device, parse_device
 from imgclass.training import train_one_epoch
 
@@ -100,7 +101,11 @@ def test_loss_scaling_changes_no_update():
     torch.testing.assert_close(scaled, _step_weights(None))
 
 
-def test_learning_rate_scaling_with_the_batch():
+def test_learning_rate_scaling_with_the_batch(tmp_path):
+    recipe = tmp_path / "big.json"
+    recipe.write_text(json.dumps({"batch_size": 128, "lr": 0.01}))
+    assert load_recipe(str(recipe)).lr_batch == 128  # its lr was chosen for its own batch
+    assert load_recipe(str(recipe)).replace(batch_size=256, lr_scaling="linear").step_lr == 0.02
     fast = RECIPES["fast"]
     assert fast.lr_batch == fast.batch_size == 64 and fast.step_lr == fast.lr
     assert fast.replace(batch_size=512).step_lr == fast.lr  # "none": as given

@@ -160,12 +160,14 @@ RECIPES: dict[str, TrainConfig] = {
 
 
 def load_recipe(name_or_path: str) -> TrainConfig:
-    """A named recipe, or a JSON file of TrainConfig fields (missing ones take `seed` values)."""
+    """A named recipe, or a JSON file of TrainConfig fields (missing ones take `seed` values,
+    but lr_batch: the file's own batch_size, the batch its lr was chosen for)."""
     if name_or_path in RECIPES:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
         data = json.loads(path.read_text())
+        data.setdefault("lr_batch", data.get("batch_size", RECIPES["seed"].batch_size))
         return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data, "recipe": path.stem})
     raise ValueError(f"unknown recipe {name_or_path!r}: choose one of "
                      f"{', '.join(RECIPES)} or give a .json recipe file")
