@@ -1,0 +1,369 @@
+"""The run report: one self-contained HTML file (images as data: URIs) that works offline.
+
+Everything comes from the run directory, plus the data folder recorded in config.json for the
+thumbnails of wrong predictions and the augmented training samples; without that folder the
+report still renders and says which images are missing and why. The validation probabilities are
+kept in `val_predictions.csv` at the end of training (recomputed from the model when absent).
+All text goes through Jinja2 with autoescape: file and class names can hold any characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from imgclass import atomic, runtime
+from imgclass.config import TrainConfig
+from imgclass.data.augment import KerasAugment
+from imgclass.data.batches import iterate_batches
+from imgclass.data.images import ImageDecodeError, decode_image
+from imgclass.data.scan import file_sha256
+from imgclass.evaluation import classification_metrics
+from imgclass.report import class_counts_figure, curves_figure, reliability_figure
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+VAL_PREDICTIONS = "val_predictions.csv"
+THUMBNAIL_SIDE = 128  # pixels, the longest side of a wrong prediction's thumbnail
+WRONG_SHOWN = 12  # most confidently wrong validation images shown
+AUGMENTED_SHOWN = 24  # augmented training samples in the grid
+CALIBRATION_BINS = 10  # equal-width confidence bins of the reliability diagram and the ECE
+SKIPPED_LISTED = 200  # skipped files listed one by one (all are in scan.json)
+_FIXED_COLUMNS = ["path", "true", "predicted"]  # then one probability column per class
+
+
+@dataclass
+class ValPredictions:
+    """The model's probabilities for each validation image, classes in label order."""
+
+    classes: list[str]
+    paths: list[str]  # relative to the data folder, as in split.json
+    labels: np.ndarray  # (N,) int64: the true class
+    probabilities: np.ndarray  # (N, classes) float
+
+    def write(self, run_dir: Path) -> None:
+        """val_predictions.csv: path, true and predicted class, then one column per class."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(_FIXED_COLUMNS + self.classes)
+        for path, label, row in zip(self.paths, self.labels, self.probabilities):
+            writer.writerow([path, self.classes[label], self.classes[int(row.argmax())],
+                             *(f"{p:.6g}" for p in row)])
+        atomic.write_text(run_dir / VAL_PREDICTIONS, buffer.getvalue())
+
+    @classmethod
+    def read(cls, path: Path, classes: list[str]) -> ValPredictions:
+        """ValueError naming the file when it does not fit the model's classes."""
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        if not rows or rows[0] != _FIXED_COLUMNS + classes:
+            raise ValueError(f"{path}: header is not path, true, predicted, "
+                             f"{', '.join(classes)}")
+        try:
+            return cls(classes, [r[0] for r in rows[1:]],
+                       np.array([classes.index(r[1]) for r in rows[1:]], dtype=np.int64),
+                       np.array([[float(p) for p in r[3:]] for r in rows[1:]],
+                                dtype=np.float64).reshape(len(rows) - 1, len(classes)))
+        except (ValueError, IndexError) as err:
+            raise ValueError(f"{path}: malformed row ({err})") from err
+
+
+@dataclass
+class Calibration:
+    ece: float  # expected calibration error: mean |accuracy - confidence|, weighted by bin size
+    edges: list[float]  # bin edges over the confidence (probability of the predicted class)
+    confidence: list[float]  # mean confidence per bin (0 for an empty bin)
+    accuracy: list[float]  # share of correct predictions per bin (0 for an empty bin)
+    count: list[int]
+
+
+def calibration(probabilities: np.ndarray, labels: np.ndarray,
+                bins: int = CALIBRATION_BINS) -> Calibration:
+    """Confidence against accuracy in equal-width bins (Guo et al. 2017)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    mean_conf = np.bincount(which, confidence, bins) / np.maximum(count, 1)
+    accuracy = np.bincount(which, correct.astype(float), bins) / np.maximum(count, 1)
+    ece = float(np.sum(count * np.abs(accuracy - mean_conf)) / max(len(labels), 1))
+    return Calibration(ece, edges.tolist(), mean_conf.tolist(), accuracy.tolist(),
+                       count.tolist())
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    missing: list[str]  # one line per section that lacks images or data, with the reason
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _png(data: bytes) -> str:
+    return _data_uri(data, "image/png")
+
+
+def _png_image(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return _png(buffer.getvalue())
+
+
+def _thumbnail(path: Path) -> str:
+    """A JPEG data: URI of the original file, upright (EXIF), longest side THUMBNAIL_SIDE."""
+    with Image.open(path) as img:
+        img.draft("RGB", (THUMBNAIL_SIDE, THUMBNAIL_SIDE))  # JPEG: decode at a reduced scale
+        small = ImageOps.exif_transpose(img).convert("RGB")
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return _data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _read_json(path: Path, missing: list[str], section: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        missing.append(f"{section}: {path.name} unreadable ({err})")
+        return None
+
+
+def _data_folder(config: dict) -> tuple[Path, str | None]:
+    """The run's data folder and, when it is gone, why no image of it can be shown."""
+    root = Path(config["data_dir"])
+    return root, None if root.is_dir() else f"data folder {root} not found"
+
+
+def predict_validation(run_dir: Path) -> ValPredictions:
+    """The model's probabilities for the validation files of split.json, decoded afresh.
+
+    Files missing or changed since training are left out (logged); FileNotFoundError when the
+    data folder is gone.
+    """
+    from imgclass.predict import Predictor  # loads the model: only when the CSV is absent
+
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    root, gone = _data_folder(config)
+    if gone:
+        raise FileNotFoundError(gone)
+    predictor = Predictor(run_dir)
+    classes = predictor.classes
+    paths, labels, pixels, left_out = [], [], [], []
+    for entry in json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["val"]:
+        path = root / entry["path"]
+        try:
+            changed = file_sha256(path) != entry["sha256"]
+            if not changed:
+                pixels.append(predictor.load_pixels(path))
+        except (OSError, ImageDecodeError) as err:
+            left_out.append(f"{entry['path']}: {getattr(err, 'reason', err)}")
+            continue
+        if changed:
+            left_out.append(f"{entry['path']}: changed since training")
+            continue
+        paths.append(entry["path"])
+        labels.append(classes.index(entry["label"]))
+    if left_out:
+        log.warning("%d validation files left out of the report: %s", len(left_out),
+                    "; ".join(left_out[:3]))
+    size = predictor.meta.image_size
+    stacked = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    return ValPredictions(classes, paths, np.array(labels, dtype=np.int64),
+                          predictor.predict_pixels(stacked).astype(np.float64))
+
+
+def _val_predictions(run_dir: Path, classes: list[str],
+                     missing: list[str]) -> ValPredictions | None:
+    stored = run_dir / VAL_PREDICTIONS
+    if stored.is_file():
+        try:
+            return ValPredictions.read(stored, classes)
+        except (OSError, ValueError) as err:
+            log.warning("%s; recomputing the validation predictions", err)
+    try:
+        predictions = predict_validation(run_dir)
+    except (OSError, ValueError) as err:
+        missing.append(f"per-class metrics, confusion, wrong predictions, calibration: "
+                       f"{VAL_PREDICTIONS} is absent and cannot be recomputed ({err})")
+        return None
+    predictions.write(run_dir)
+    return predictions
+
+
+def _wrong_predictions(predictions: ValPredictions, root: Path, gone: str | None,
+                       missing: list[str]) -> list[dict]:
+    """The validation images wrong with the highest confidence, with thumbnails where possible."""
+    probabilities, labels = predictions.probabilities, predictions.labels
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
+    shown, no_image = [], 0
+    for i in order[:WRONG_SHOWN]:
+        item = {"path": predictions.paths[i], "true": predictions.classes[labels[i]],
+                "predicted": predictions.classes[predicted[i]],
+                "p_predicted": probabilities[i, predicted[i]],
+                "p_true": probabilities[i, labels[i]], "image": None, "why": gone}
+        if gone is None:
+            try:
+                item["image"] = _thumbnail(root / predictions.paths[i])
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                item["why"] = f"cannot read {predictions.paths[i]}: {err}"
+        no_image += item["image"] is None
+        shown.append(item)
+    if no_image:
+        missing.append(f"wrong predictions: {no_image} of {len(shown)} thumbnails missing ("
+                       f"{gone or 'unreadable files, named in the section'})")
+    return shown
+
+
+def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict],
+                       classes: list[str]) -> tuple[list[dict], str | None]:
+    """Training images through the training augmentation (class, PNG), or why there are none.
+
+    The images are decoded as the training cache decodes them and augmented by the objects
+    training uses (KerasAugment on iterate_batches), from a seeded stream of their own.
+    """
+    generator = runtime.generator(config.seed, "report")
+    order = torch.randperm(len(train_entries), generator=generator).tolist()
+    pixels, labels, failures = [], [], []
+    for i in order:
+        if len(pixels) == AUGMENTED_SHOWN:
+            break
+        entry = train_entries[i]
+        try:
+            pixels.append(decode_image(root / entry["path"], (config.image_size,) * 2,
+                                       max_pixels=config.max_pixels))
+        except ImageDecodeError as err:
+            failures.append(f"{entry['path']}: {err.reason}")
+            continue
+        labels.append(classes.index(entry["label"]))
+    if not pixels:
+        return [], f"no training image could be decoded ({'; '.join(failures[:3])})"
+    augment = KerasAugment(config.augment, generator)
+    x, y = next(iterate_batches(torch.from_numpy(np.stack(pixels)), torch.tensor(labels),
+                                len(labels), augment=augment))
+    images = (x.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return [{"label": classes[label], "image": _png_image(image)}
+            for label, image in zip(y.tolist(), images)], None
+
+
+def _history(run_dir: Path) -> dict[str, list[float]] | None:
+    try:
+        with open(run_dir / "history.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    return {k: [float(row[k]) for row in rows] for k in rows[0]} if rows else None
+
+
+def _config_rows(config: dict, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            rows += _config_rows(value, f"{prefix}{key}.")
+        else:
+            rows.append((prefix + key, json.dumps(value, ensure_ascii=False)))
+    return rows
+
+
+def _train_config(config: dict) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in config.items() if k in fields})
+
+
+def _data_section(split: dict, classes: list[str], scan: dict | None,
+                  skipped: list[dict] | None) -> dict:
+    parts = {side: Counter(entry["label"] for entry in split[side]) for side in ("train", "val")}
+    counts = {"training": [parts["train"][c] for c in classes],
+              "validation": [parts["val"][c] for c in classes]}
+    skips = scan["skipped"] if scan is not None else (skipped or [])
+    return {
+        "chart": _png(class_counts_figure(classes, counts)),
+        "rows": [(c, t, v, t + v) for c, t, v in zip(classes, *counts.values())],
+        "root": scan["root"] if scan else None,
+        "skipped": skips[:SKIPPED_LISTED], "skipped_total": len(skips),
+        "reasons": Counter(s["reason"] for s in skips).most_common(),
+        "duplicates": len(scan["duplicates"]) if scan else None,
+        "conflicts": len(scan["conflicts"]) if scan else None,
+        "conflicts_kept": scan["conflicts_kept"] if scan else None,
+    }
+
+
+def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
+    """The HTML of a run's report and the list of what it lacks (one line per reason)."""
+    run_dir = Path(run_dir)
+    missing: list[str] = []
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    classes = config["classes"]
+    train_config = _train_config(config)
+    root, gone = _data_folder(config)
+    metrics = _read_json(run_dir / "metrics.json", missing, "summary") or {}
+    model = _read_json(run_dir / "model.json", missing, "configuration") or {}
+    scan = _read_json(run_dir / "scan.json", missing, "data summary")
+    skipped = None if scan else _read_json(run_dir / "skipped.json", missing, "data summary")
+
+    history = _history(run_dir)
+    if history is None:
+        missing.append("training curves: history.csv absent or empty")
+    predictions = _val_predictions(run_dir, classes, missing)
+    evaluation = cal = wrong = None
+    if predictions is not None:
+        evaluation = classification_metrics(predictions.labels,
+                                            predictions.probabilities.argmax(axis=1), classes)
+        cal = calibration(predictions.probabilities, predictions.labels)
+        wrong = _wrong_predictions(predictions, root, gone, missing)
+    augmented, augmented_why = [], gone
+    if gone is None:
+        augmented, augmented_why = _augmented_samples(train_config, root, split["train"],
+                                                      classes)
+    if not augmented:
+        missing.append(f"augmented training samples: {augmented_why}")
+
+    confusion = None
+    if evaluation is not None:
+        matrix = np.array(evaluation.confusion)
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        confusion = list(zip(classes, matrix.tolist(), shares.tolist()))
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("imgclass", "templates"),
+                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    html = environment.get_template(REPORT).render(
+        run=str(run_dir.resolve()), classes=classes, metrics=metrics, missing=missing,
+        data=_data_section(split, classes, scan, skipped),
+        config=_config_rows(config), model=_config_rows(model),
+        curves=_png(curves_figure(history["epoch"], history, metrics.get(
+            "restored_epoch", int(history["epoch"][-1])))) if history else None,
+        evaluation=evaluation, confusion=confusion, wrong=wrong, wrong_shown=WRONG_SHOWN,
+        calibration=cal, reliability=_png(reliability_figure(
+            cal.confidence, cal.accuracy, cal.count, cal.edges, cal.ece)) if cal else None,
+        augmented=augmented, augmented_why=augmented_why,
+        augment=dataclasses.asdict(train_config.augment))
+    return html, missing
+
+
+def write_report(run_dir: str | os.PathLike,
+                 out: str | os.PathLike | None = None) -> ReportResult:
+    """Write the report (default RUN/report.html); returns where and what it lacks."""
+    html, missing = build_report(run_dir)
+    path = Path(out) if out else Path(run_dir) / REPORT
+    atomic.write_text(path, html)
+    for line in missing:
+        log.warning("report: %s", line)
+    return ReportResult(path, missing)
