@@ -102,6 +102,13 @@ def test_report_command_recomputes_missing_predictions_from_the_model(nasty_run,
     assert "This report lacks" not in html
 
 
+def test_report_of_a_folder_that_is_no_run_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"Error: {tmp_path / 'config.json'}: missing (is {tmp_path} an imgclass run?)" in (
+        result.output)
+
+
 def test_report_without_the_data_folder_says_which_images_are_missing(nasty_run, tmp_path):
     run = _copy(nasty_run, tmp_path)
     config = json.loads((run / "config.json").read_text())

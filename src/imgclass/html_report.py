@@ -32,7 +32,7 @@ from imgclass.data.batches import iterate_batches
 from imgclass.data.images import ImageDecodeError, decode_image
 from imgclass.data.scan import file_sha256
 from imgclass.evaluation import classification_metrics
-from imgclass.report import class_counts_figure, curves_figure, reliability_figure
+from imgclass.report import class_counts_figure, reliability_figure
 
 log = logging.getLogger(__name__)
 
@@ -264,15 +264,6 @@ def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict
             for label, image in zip(y.tolist(), images)], None
 
 
-def _history(run_dir: Path) -> dict[str, list[float]] | None:
-    try:
-        with open(run_dir / "history.csv", newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return None
-    return {k: [float(row[k]) for row in rows] for k in rows[0]} if rows else None
-
-
 def _config_rows(config: dict, prefix: str = "") -> list[tuple[str, str]]:
     rows = []
     for key, value in config.items():
@@ -310,6 +301,9 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
     """The HTML of a run's report and the list of what it lacks (one line per reason)."""
     run_dir = Path(run_dir)
     missing: list[str] = []
+    for needed in ("config.json", "split.json"):
+        if not (run_dir / needed).is_file():
+            raise FileNotFoundError(f"{run_dir / needed}: missing (is {run_dir} an imgclass run?)")
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     classes = config["classes"]
@@ -320,9 +314,9 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
     scan = _read_json(run_dir / "scan.json", missing, "data summary")
     skipped = None if scan else _read_json(run_dir / "skipped.json", missing, "data summary")
 
-    history = _history(run_dir)
-    if history is None:
-        missing.append("training curves: history.csv absent or empty")
+    curves = run_dir / "curves.png"  # plotted by train from the history
+    if not curves.is_file():
+        missing.append("training curves: curves.png absent")
     predictions = _val_predictions(run_dir, classes, missing)
     evaluation = cal = wrong = None
     if predictions is not None:
@@ -348,8 +342,7 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
         run=str(run_dir.resolve()), classes=classes, metrics=metrics, missing=missing,
         data=_data_section(split, classes, scan, skipped),
         config=_config_rows(config), model=_config_rows(model),
-        curves=_png(curves_figure(history["epoch"], history, metrics.get(
-            "restored_epoch", int(history["epoch"][-1])))) if history else None,
+        curves=_png(curves.read_bytes()) if curves.is_file() else None,
         evaluation=evaluation, confusion=confusion, wrong=wrong, wrong_shown=WRONG_SHOWN,
         calibration=cal, reliability=_png(reliability_figure(
             cal.confidence, cal.accuracy, cal.count, cal.edges, cal.ece)) if cal else None,

@@ -1,7 +1,7 @@
 """Plots of a run (matplotlib, Agg): training curves, confusion matrix, class counts, calibration.
 
-Each `*_figure` function returns PNG bytes, embedded as they are by the HTML report
-(`html_report.py`); `plot_curves` and `plot_confusion` also write theirs into the run directory.
+`plot_*` write PNG files into the run directory; `*_figure` return PNG bytes, embedded as they are
+by the HTML report (`html_report.py`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def _png(fig: plt.Figure, dpi: int = 120) -> bytes:
     return buffer.getvalue()
 
 
-def curves_figure(epochs: Sequence[int], series: dict[str, Sequence[float]],
-                  restored_epoch: int) -> bytes:
+def plot_curves(epochs: Sequence[int], series: dict[str, Sequence[float]], restored_epoch: int,
+                path: str | os.PathLike) -> None:
     """Accuracy and loss, training vs validation, with the epoch early stopping restored."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric, title in ((axes[0], "acc", "Accuracy"), (axes[1], "loss", "Loss")):
@@ -39,12 +39,7 @@ def curves_figure(epochs: Sequence[int], series: dict[str, Sequence[float]],
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
-    return _png(fig)
-
-
-def plot_curves(epochs: Sequence[int], series: dict[str, Sequence[float]], restored_epoch: int,
-                path: str | os.PathLike) -> None:
-    atomic.write_bytes(path, curves_figure(epochs, series, restored_epoch))
+    atomic.write_bytes(path, _png(fig))
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike) -> None:
@@ -76,7 +71,7 @@ def class_counts_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]
                   ha="right" if len(classes) > 6 else "center")
     ax.set(ylabel="images", title="Images per class")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
     return _png(fig, dpi=100)
 
 
