@@ -10,16 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from imgclass.cli import main
-from imgclass.html_report import (
-    REPORT,
-    VAL_PREDICTIONS,
-    ValPredictions,
-    build_report,
-    calibration,
-    predict_validation,
-    write_report,
-)
+from imgclass.html_report import REPORT, build_report, write_report
 from imgclass.training import train
+from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions, predict_validation
 from tests.conftest import make_class_tree
 
 SECTIONS = ["summary", "data", "config", "curves", "per-class", "confusion", "wrong",
@@ -48,20 +41,6 @@ def _copy(run, tmp_path):
 
 def _images(html: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/\w+;base64,([^"]+)"', html)]
-
-
-def test_calibration_error_is_the_bin_weighted_gap_between_confidence_and_accuracy():
-    labels = np.array([0, 0, 1, 1])
-    sure_and_half_right = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    result = calibration(sure_and_half_right, labels, bins=10)
-    assert result.ece == pytest.approx(0.25)  # 3 correct of 4 at confidence 1.0
-    assert result.count[-1] == 4 and sum(result.count) == 4
-    assert result.accuracy[-1] == pytest.approx(0.75)
-    honest = np.array([[0.75, 0.25]] * 4)  # 75 % sure, right 3 times in 4
-    assert calibration(honest, np.array([0, 0, 0, 1])).ece == pytest.approx(0.0)
-    assert calibration(honest, np.array([1, 1, 1, 1])).ece == pytest.approx(0.75)
-    edges = calibration(np.array([[0.5, 0.5], [0.1, 0.9]]), np.array([0, 1]), bins=2)
-    assert edges.count == [1, 1]  # 0.5 lies in the lower bin, 0.9 in the upper one
 
 
 def test_train_writes_the_report_and_the_validation_probabilities(nasty_run):

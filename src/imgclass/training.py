@@ -52,12 +52,13 @@ from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json, stratified_split
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
-from imgclass.html_report import ValPredictions, write_report
+from imgclass.html_report import write_report
 from imgclass.models import build_model
 from imgclass.models.summary import model_summary
 from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
 from imgclass.runtime import Device
+from imgclass.val_predictions import ValPredictions
 
 log = logging.getLogger(__name__)
 
