@@ -50,7 +50,7 @@ def images_per_second(decode, paths: list[str], workers: int) -> float:
 def first_batch_seconds(data: Path, cache: Path) -> float:
     import torch
 
-    from imgclass.data.batches import iterate_batches
+    from imgclass.data.batches import epoch_order, iterate_batches
     from imgclass.data.dataset import load_dataset
     from imgclass.data.split import stratified_split
 
@@ -59,7 +59,8 @@ def first_batch_seconds(data: Path, cache: Path) -> float:
     split = stratified_split(dataset.labels, 0.2, 0)
     pixels = torch.from_numpy(dataset.pixels[split.train])
     labels = torch.from_numpy(dataset.labels[split.train])
-    next(iterate_batches(pixels, labels, 32, shuffle=torch.Generator().manual_seed(0)))
+    order = epoch_order(labels, torch.Generator().manual_seed(0))
+    next(iterate_batches(pixels, labels, 32, order=order))
     return time.perf_counter() - start
 
 

@@ -22,7 +22,11 @@ from tests.conftest import make_class_tree
 from tests.test_training import RUN_FILES, assert_same_results
 
 # 96 training images in batches of 4: an epoch is a second or two of real work on a small CPU
-OPTIONS = {"image_size": 16, "epochs": 3, "batch_size": 4, "seed": 3, "precision": "fp32"}
+# and the options whose state lives in the checkpoint beyond the seed recipe's: AdamW, a cosine
+# schedule (SequentialLR), the balanced sampler, MixUp/CutMix/erasing from the augment stream
+OPTIONS = {"image_size": 16, "epochs": 3, "batch_size": 4, "seed": 3, "precision": "fp32",
+           "optimizer": "adamw", "schedule": "cosine", "warmup": 0.2, "sampler": "balanced"}
+AUGMENT = {"mixup": 0.4, "cutmix": 1.0, "random_erasing": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +38,13 @@ def data(tmp_path_factory) -> Path:
 def reference(data) -> Path:
     """The uninterrupted run."""
     run = data.parent / "reference"
-    train(data, run, cache_dir=data.parent / "cache", **OPTIONS)
+    train(data, run, cache_dir=data.parent / "cache", augment=AUGMENT, **OPTIONS)
     return run
 
 
 def _start(data: Path, run: Path) -> subprocess.Popen:
-    options = [str(x) for k, v in OPTIONS.items() for x in (f"--{k.replace('_', '-')}", v)]
+    options = [str(x) for k, v in {**OPTIONS, **AUGMENT}.items()
+               for x in (f"--{k.replace('_', '-')}", v)]
     return subprocess.Popen(
         [sys.executable, "-m", "imgclass", "train", str(data), "--out", str(run),
          "--cache-dir", str(data.parent / "cache"), *options],

@@ -123,3 +123,39 @@ def test_max_pixels_skips_a_huge_image_with_its_reason(tmp_path):
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {"path": "red/huge.png", "reason": "too many pixels (400 x 300 > 100000)"} in skipped
     assert result.metrics["skipped_files"] == 1
+
+
+def test_every_regularisation_option_together_trains_and_learns(tmp_path):
+    """MixUp+CutMix, random erasing, class weights, the balanced sampler, AdamW with cosine
+    warm-up: a run completes, reports macro-F1 and still learns three colours. (TrivialAugment
+    is left out here: its saturation, solarize and posterize ops erase the only cue, colour.)"""
+    data = make_class_tree(tmp_path / "data", per_class=10)
+    result = train(data, tmp_path / "run", image_size=16, epochs=6, batch_size=8, seed=2,
+                   optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup=0.2,
+                   lr=2e-3, label_smoothing=0.1, class_weights="auto", sampler="balanced",
+                   patience=0, augment={"random_erasing": 0.25, "mixup": 0.4, "cutmix": 1.0})
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["augment"]["mixup"] == 0.4 and config["augment"]["hflip"] is True
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert all(0 <= float(r["val_macro_f1"]) <= 1 for r in rows)
+    assert float(rows[0]["lr"]) == pytest.approx(2e-3 / 25)  # the warm-up starts at lr / 25
+    # 6 validation images and a few dozen steps: judge learning by the best epoch and by the
+    # training accuracy (against the dominant label of each mixed target)
+    assert result.metrics["best_val_acc"] >= 0.99 and result.metrics["best_val_macro_f1"] >= 0.99
+    assert float(rows[-1]["train_acc"]) >= 0.75
+    ta = train(data, tmp_path / "ta", image_size=16, epochs=1, batch_size=8,
+               augment={"trivial_augment": True})
+    assert len(ta.history) == 1 and 0 < ta.history[0].train_loss < 10
+
+
+def test_auto_class_weights_balance_the_loss():
+    from imgclass.config import TrainConfig
+    from imgclass.runtime import Device
+    from imgclass.training import _class_weights
+
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    weights = _class_weights(labels, 3, TrainConfig(class_weights="auto"), Device.select("fp32"))
+    torch.testing.assert_close(weights, torch.tensor([100 / 180, 100 / 90, 100 / 30]))
+    counts = torch.bincount(labels).float()
+    torch.testing.assert_close(weights * counts, torch.full((3,), 100 / 3))  # equal shares
+    assert _class_weights(labels, 3, TrainConfig(), Device.select("fp32")) is None

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import click
 
+from imgclass.config import OPTIMIZERS, SCHEDULES
+
 log = logging.getLogger("imgclass")
+
+AUGMENT_OPTIONS = ("mixup", "cutmix", "random_erasing", "trivial_augment")  # AugmentConfig fields
 
 
 class _Errors(click.Group):
@@ -94,6 +98,27 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
 @click.option("--val-split", type=float, help="Fraction of each class held out.")
 @click.option("--seed", type=int, help="Seed of every random stream (split, order, ...).")
 @click.option("--patience", type=int, help="Early-stopping patience in epochs (0: off).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="adam, adamw (decoupled "
+              "weight decay) or sgd (Nesterov momentum).")
+@click.option("--weight-decay", type=float, help="Weight decay coefficient.")
+@click.option("--schedule", type=click.Choice(SCHEDULES),
+              help="Learning rate per step: constant, onecycle or cosine (both warm up first).")
+@click.option("--warmup", type=float, help="Share of all steps spent warming up (onecycle, "
+              "cosine).")
+@click.option("--label-smoothing", type=float, help="Share of the target spread over all classes.")
+@click.option("--mixup", type=float, help="MixUp Beta(a, a) concentration a (0: off).")
+@click.option("--cutmix", type=float, help="CutMix Beta(a, a) concentration a (0: off); with "
+              "--mixup, each batch uses one of the two.")
+@click.option("--random-erasing", type=float, help="Probability of erasing a random rectangle "
+              "of each training image.")
+@click.option("--trivial-augment/--no-trivial-augment", default=None,
+              help="TrivialAugment Wide: one random op of 14 per training image.")
+@click.option("--class-weights", type=click.Choice(["none", "auto"]),
+              help="auto: weigh each class in the loss by n / (classes x its count).")
+@click.option("--sampler", type=click.Choice(["shuffle", "balanced"]),
+              help="balanced: draw training images so every class is equally frequent.")
+@click.option("--tta/--no-tta", "tta_flip", default=None,
+              help="Validate and predict on each image and its mirror, averaged.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
               help="auto: bf16 where the hardware computes it natively.")
 @click.option("--keep-conflicts", is_flag=True, default=None,
@@ -114,6 +139,9 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
     """
     from imgclass.training import train as run_train
 
+    augment = {name: overrides.pop(name) for name in AUGMENT_OPTIONS}
+    if any(v is not None for v in augment.values()):
+        overrides["augment"] = augment
     try:
         result = run_train(data_dir, out, recipe=recipe, cache_dir=cache_dir, progress=True,
                            overwrite=overwrite, resume=resume, **overrides)
@@ -133,11 +161,14 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write the results.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
-def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None) -> None:
+@click.option("--tta/--no-tta", default=None, help="Average each image's and its mirror's "
+              "probabilities [default: as the run was validated].")
+def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None,
+             tta: bool | None) -> None:
     """Metrics of RUN on its validation split, or on DATA_DIR/<class>/<images>."""
     from imgclass.evaluation import evaluate as run_evaluate
 
-    m = run_evaluate(run, data_dir, out=out, cache_dir=cache_dir)
+    m = run_evaluate(run, data_dir, out=out, cache_dir=cache_dir, tta=tta)
     click.echo(f"{m.count} images: accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}")
     click.echo(_table([(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
                         v["support"]) for name, v in m.per_class.items()],

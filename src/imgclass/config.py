@@ -14,6 +14,9 @@ from typing import Any
 
 from imgclass.data.images import DEFAULT_MAX_PIXELS
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -23,6 +26,11 @@ class AugmentConfig:
     rotation: float = 0.1  # RandomRotation(0.1): fraction of a full turn, so +/-36 degrees
     zoom: float = 0.1  # RandomZoom(0.1): +/-10 % of the image side, same factor for both axes
     translate: float = 0.0  # RandomTranslation: up to this fraction of the side, each axis
+    # Beyond the reference (all off in the seed recipe):
+    trivial_augment: bool = False  # TrivialAugment Wide: one random photometric/geometric op
+    random_erasing: float = 0.0  # probability of erasing one random rectangle per image
+    mixup: float = 0.0  # MixUp Beta(alpha, alpha) concentration; 0 = off
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha) concentration; 0 = off (both on: one per batch)
 
 
 @dataclass(frozen=True)
@@ -34,14 +42,18 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 10  # maximum number of passes over the training split
     batch_size: int = 32  # images per optimiser step
-    optimizer: str = "adam"  # "adam", or "sgd" (with Nesterov momentum)
+    optimizer: str = "adam"  # "adam", "adamw" (decoupled weight decay), "sgd" (Nesterov)
     lr: float = 5e-4  # learning rate per optimiser step (the peak of a schedule)
     adam_eps: float = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
     momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0  # L2 penalty coefficient, per step
-    schedule: str = "constant"  # "constant", or "onecycle": linear warm-up, then linear decay
-    warmup: float = 0.0  # onecycle: share of all steps spent warming up from lr / 25
+    weight_decay: float = 0.0  # adam/sgd: L2 penalty coefficient; adamw: decoupled, per step
+    schedule: str = "constant"  # "constant"; "onecycle": linear warm-up, then linear decay;
+    # "cosine": linear warm-up, then cosine decay to 0
+    warmup: float = 0.0  # onecycle, cosine: share of all steps spent warming up from lr / 25
     label_smoothing: float = 0.0  # share of the target spread over all classes
+    class_weights: str = "none"  # "none", or "auto": loss weight n / (classes x count) per class
+    sampler: str = "shuffle"  # "shuffle" (each image once per epoch), or "balanced": drawn with
+    # replacement, every class equally likely
     tta_flip: bool = False  # evaluate and predict on each image and its mirror, averaged
     patience: int = 3  # epochs without a lower validation loss before stopping; 0 = never stop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -50,11 +62,22 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where the hardware computes it natively), "bf16", "fp32"
 
     def replace(self, **overrides: Any) -> TrainConfig:
-        """Return a copy with the given fields changed; None values are ignored."""
+        """Return a copy with the given fields changed; None values are ignored.
+
+        `augment` may be a dict of AugmentConfig fields to change (e.g. {"mixup": 0.2}).
+        """
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(changes.get("augment"), dict):
+            augment = {k: v for k, v in changes["augment"].items() if v is not None}
+            fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+            if set(augment) - fields:
+                raise ValueError("unknown AugmentConfig fields: "
+                                 f"{', '.join(sorted(set(augment) - fields))}")
+            changes["augment"] = dataclasses.replace(self.augment, **augment)
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,8 +98,15 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.precision in ("auto", "bf16", "fp32"), f"unknown precision {self.precision!r}"),
-            (self.optimizer in ("adam", "sgd"), f"unknown optimizer {self.optimizer!r}"),
-            (self.schedule in ("constant", "onecycle"), f"unknown schedule {self.schedule!r}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
+            (self.class_weights in ("none", "auto"),
+             f"class_weights must be none or auto, got {self.class_weights!r}"),
+            (self.sampler in ("shuffle", "balanced"), f"unknown sampler {self.sampler!r}"),
+            (0.0 <= self.augment.random_erasing <= 1.0,
+             f"random_erasing must be in [0, 1], got {self.augment.random_erasing}"),
+            (self.augment.mixup >= 0 and self.augment.cutmix >= 0,
+             "mixup and cutmix must be >= 0 (Beta concentrations; 0 = off)"),
             (0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup}"),
             (0.0 <= self.label_smoothing < 1.0,
              f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),

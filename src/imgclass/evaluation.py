@@ -93,9 +93,11 @@ def _validation_subset(run: Path, dataset: Dataset) -> np.ndarray:
 
 
 def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
-             out: str | os.PathLike | None = None,
-             cache_dir: str | os.PathLike | None = None) -> ClassificationMetrics:
+             out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+             tta: bool | None = None) -> ClassificationMetrics:
     """Metrics of a run's model on its own validation split, or on another class-folder tree.
+
+    tta: average each image's and its mirror's probabilities (default: as the run validated).
 
     Writes evaluation.json, confusion.json and confusion.png into `out` (default: the run
     directory for its own split, RUN/eval-<folder name> for other data).
@@ -122,8 +124,8 @@ def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
         pixels, labels = dataset.pixels, remap[dataset.labels]
         folder = Path(out) if out else run / f"eval-{dataset.root.resolve().name}"
     folder.mkdir(parents=True, exist_ok=True)
-    probabilities = predict_proba(loaded.model, pixels, Device.select(),
-                                  tta_flip=loaded.meta.tta_flip)
+    tta = loaded.meta.tta_flip if tta is None else tta
+    probabilities = predict_proba(loaded.model, pixels, Device.select(), tta_flip=tta)
     metrics = classification_metrics(labels, probabilities.argmax(axis=1), classes)
     write_metrics(metrics, folder)
     return metrics

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 from imgclass.config import TrainConfig
+
+WARMUP_START = 1 / 25  # warm-up starts at lr x this (OneCycleLR's default div_factor)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                nesterov=True, weight_decay=config.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
-                            weight_decay=config.weight_decay)
+    adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
+                weight_decay=config.weight_decay)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+                   steps_per_epoch: int) -> lr_scheduler.LRScheduler | None:
     """A per-step schedule, or None for a constant learning rate."""
-    if config.schedule == "constant":
-        return None
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-        pct_start=max(config.warmup, 1e-3), anneal_strategy="linear", cycle_momentum=False,
-        div_factor=25.0, final_div_factor=1e3)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=max(config.warmup, 1e-3),
+            anneal_strategy="linear", cycle_momentum=False, div_factor=1 / WARMUP_START,
+            final_div_factor=1e3)
+    if config.schedule == "cosine":
+        warm = round(config.warmup * total)
+        cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warm)
+        if not warm:
+            return cosine
+        linear = lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_START, total_iters=warm)
+        return lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+    return None

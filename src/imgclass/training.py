@@ -45,8 +45,8 @@ from imgclass.checkpoint import (
     save_model,
 )
 from imgclass.config import TrainConfig, load_recipe
-from imgclass.data.augment import KerasAugment
-from imgclass.data.batches import Batch, iterate_batches, prefetch
+from imgclass.data.augment import TrainAugment
+from imgclass.data.batches import Batch, epoch_order, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
@@ -70,6 +70,7 @@ class EpochStats:
     train_acc: float
     val_loss: float
     val_acc: float
+    val_macro_f1: float  # F1 of each class, averaged: accuracy's honest twin on imbalanced data
     seconds: float
     images_per_s: float  # training images per second of the training pass
     data_wait: float  # share of the training pass spent waiting for a batch
@@ -120,7 +121,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
             x, y = (v.to(device.torch_device, non_blocking=True) for v in batch)
             with device.autocast():
                 logits = model(x)
-                loss = loss_fn(logits.float(), y)
+                loss = loss_fn(logits.float(), y)  # y: labels, or probabilities (MixUp/CutMix)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -128,7 +129,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                 schedule.step()
             n = len(y)
             total_loss += loss.item() * n
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum().item()
             seen += n
             bar.update(n)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
@@ -136,13 +137,15 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 
 
 @torch.no_grad()
-def validate(model: nn.Module, data: _Tensors, device: Device,
-             tta_flip: bool = False) -> tuple[float, float]:
+def validate(model: nn.Module, data: _Tensors, device: Device, num_classes: int,
+             tta_flip: bool = False) -> tuple[float, float, float]:
+    """(loss, accuracy, macro-F1) on a split; the loss is unweighted whatever the class weights."""
     probabilities = torch.from_numpy(predict_proba(model, data.pixels, device,
                                                    tta_flip=tta_flip))
     loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), data.labels)
-    accuracy = (probabilities.argmax(1) == data.labels).float().mean()
-    return loss.item(), accuracy.item()
+    scores = classification_metrics(data.labels.numpy(), probabilities.argmax(1).numpy(),
+                                    [str(c) for c in range(num_classes)])
+    return loss.item(), scores.accuracy, scores.macro_f1
 
 
 class EarlyStopping:
@@ -171,9 +174,21 @@ class EarlyStopping:
         return self.best_epoch
 
 
+def _class_weights(labels: torch.Tensor, num_classes: int, config: TrainConfig,
+                   device: Device) -> torch.Tensor | None:
+    """class_weights "auto": n / (classes x count) per class, scikit-learn's "balanced" rule, so
+    every class weighs as much in the loss as if the classes were equally frequent."""
+    if config.class_weights == "none":
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    weights = len(labels) / (num_classes * counts.clamp_min(1))
+    log.info("class weights: %s", ", ".join(f"{w:.3f}" for w in weights.tolist()))
+    return weights.to(device.torch_device)
+
+
 def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
-        device: Device, progress: bool = False, *, checkpoint_dir: Path | None = None,
-        resume: TrainingState | None = None) -> FitResult:
+        device: Device, num_classes: int, progress: bool = False, *,
+        checkpoint_dir: Path | None = None, resume: TrainingState | None = None) -> FitResult:
     """Train with early stopping on validation loss; the model ends with the best weights.
 
     checkpoint_dir: save a checkpoint there after every epoch. resume: continue from one.
@@ -183,9 +198,11 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
     steps_per_epoch = math.ceil(len(train_data.labels) / config.batch_size)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(train_data.labels, num_classes, config,
+                                                        device),
+                                  label_smoothing=config.label_smoothing)
     streams = {name: runtime.generator(config.seed, name) for name in ("shuffle", "augment")}
-    augment = KerasAugment(config.augment, streams["augment"])
+    augment = TrainAugment(config.augment, streams["augment"], num_classes)
     stopper = EarlyStopping(config.patience)
 
     def restore(state: TrainingState) -> list[EpochStats]:
@@ -207,9 +224,10 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
             epoch = len(history) + 1
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
+            order = epoch_order(train_data.labels, streams["shuffle"],
+                                balanced=config.sampler == "balanced")
             batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
-                                               config.batch_size, shuffle=streams["shuffle"],
-                                               augment=augment))
+                                               config.batch_size, order=order, augment=augment))
             bar = tqdm(total=len(train_data.labels), desc=f"epoch {epoch}/{config.epochs}",
                        unit="img", leave=False, disable=None if progress else True)
             try:
@@ -218,14 +236,15 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
             finally:
                 batches.close()  # the producer thread stops drawing from the streams
             train_seconds = time.perf_counter() - start
-            val_loss, val_acc = validate(model, val_data, device, config.tta_flip)
-            stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc,
+            val_loss, val_acc, val_f1 = validate(model, val_data, device, num_classes,
+                                                 config.tta_flip)
+            stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, val_f1,
                                time.perf_counter() - start,
                                len(train_data.labels) / train_seconds, waited, lr)
             history.append(stats)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s  "
-                     "%.0f img/s", epoch, config.epochs, train_loss, train_acc, val_loss,
-                     val_acc, stats.seconds, stats.images_per_s)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f "
+                     "macro-F1 %.4f  %.1f s  %.0f img/s", epoch, config.epochs, train_loss,
+                     train_acc, val_loss, val_acc, val_f1, stats.seconds, stats.images_per_s)
             stop = stopper.should_stop(epoch, val_loss, model)
             state = TrainingState.capture(
                 [asdict(h) for h in history], stop, model, optimizer, schedule, streams,
@@ -422,7 +441,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     log.info("training on %d images, validating on %d; %s, %s, %d threads",
              len(split.train), len(split.val), device.torch_device, device.precision,
              torch.get_num_threads())
-    fitted = fit(model, train_data, val_data, config, device, progress,
+    fitted = fit(model, train_data, val_data, config, device, len(dataset.classes), progress,
                  checkpoint_dir=run_dir, resume=resume)
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
 
@@ -439,6 +458,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     best = max(history, key=lambda h: h.val_acc)
     metrics = {
         "best_val_acc": best.val_acc, "best_val_acc_epoch": best.epoch,
+        "best_val_macro_f1": max(h.val_macro_f1 for h in history),
         "restored_epoch": restored, "restored_val_acc": history[restored - 1].val_acc,
         "lowest_val_loss": min(h.val_loss for h in history),
         "final_train_acc": history[-1].train_acc, "final_epoch": history[-1].epoch,

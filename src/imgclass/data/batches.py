@@ -20,21 +20,36 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2).float().div_(255)
 
 
+def epoch_order(labels: torch.Tensor, generator: torch.Generator,
+                balanced: bool = False) -> torch.Tensor:
+    """The training images of one epoch, as indices: a random permutation (each image once), or
+    balanced: as many draws with replacement, every class equally likely (PyTorch's
+    WeightedRandomSampler with weights 1 / class count)."""
+    if not balanced:
+        return torch.randperm(len(labels), generator=generator)
+    counts = torch.bincount(labels)
+    weights = 1.0 / counts[labels].double()
+    return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+
+
 def iterate_batches(
     pixels: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     *,
-    shuffle: torch.Generator | None = None,
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    order: torch.Tensor | None = None,
+    augment: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
 ) -> Iterator[Batch]:
-    """Batches in order, or in a fresh random order when a shuffle generator is given."""
-    n = len(labels)
-    order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
+    """Batches of the images at `order` (default: all, in order) as floats, or through
+    `augment`, which takes the uint8 pixels and labels and returns the model's input and
+    targets (data/augment.TrainAugment)."""
+    order = torch.arange(len(labels)) if order is None else order
+    for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        x = to_float(pixels[index])
-        yield (augment(x) if augment else x), labels[index]
+        if augment is None:
+            yield to_float(pixels[index]), labels[index]
+        else:
+            yield augment(pixels[index], labels[index])
 
 
 def prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
