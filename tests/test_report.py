@@ -3,6 +3,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from imgclass.cli import main
-from imgclass.html_report import REPORT, build_report, write_report
+from imgclass.config import AugmentConfig, TrainConfig
+from imgclass.html_report import REPORT, _augmented_samples, build_report, write_report
 from imgclass.training import train
 from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions, predict_validation
 from tests.conftest import make_class_tree
@@ -117,6 +119,21 @@ def test_a_changed_validation_file_is_left_out_of_the_recomputed_predictions(nas
     paths = ValPredictions.read(run / VAL_PREDICTIONS, sorted(NASTY)).paths
     Image.new("RGB", (20, 20), (1, 2, 3)).save(data / paths[0], format="JPEG")
     assert predict_validation(run).paths == paths[1:]
+
+
+def test_augmented_samples_go_through_the_training_augmentation_mixup_included(nasty_run):
+    config = json.loads((nasty_run / "config.json").read_text())
+    split = json.loads((nasty_run / "split.json").read_text())
+    classes = sorted(NASTY)
+    plain = TrainConfig(image_size=16, augment=AugmentConfig(hflip=False, rotation=0, zoom=0))
+    samples, why = _augmented_samples(plain, Path(config["data_dir"]), split["train"], classes)
+    assert why is None and len(samples) == len(split["train"])  # fewer than AUGMENTED_SHOWN
+    assert {s["label"] for s in samples} == set(classes)
+    mixed = plain.replace(augment={"mixup": 1.0})
+    samples, _ = _augmented_samples(mixed, Path(config["data_dir"]), split["train"], classes)
+    shares = [re.findall(r" (\d\.\d\d)(?: \+ |$)", s["label"]) for s in samples]
+    assert all(abs(sum(map(float, found)) - 1) < 0.02 for found in shares)
+    assert any(len(found) == 2 for found in shares)  # two classes blended
 
 
 def test_report_renders_in_headless_chromium(nasty_run, browser):

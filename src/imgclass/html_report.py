@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from imgclass import atomic, runtime
 from imgclass.config import TrainConfig
-from imgclass.data.augment import KerasAugment
+from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import iterate_batches
 from imgclass.data.images import ImageDecodeError, decode_image
 from imgclass.evaluation import classification_metrics
@@ -133,10 +133,11 @@ def _wrong_predictions(predictions: ValPredictions, root: Path, gone: str | None
 
 def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict],
                        classes: list[str]) -> tuple[list[dict], str | None]:
-    """Training images through the training augmentation (class, PNG), or why there are none.
+    """Training images through the training augmentation (target, PNG), or why there are none.
 
     The images are decoded as the training cache decodes them and augmented by the objects
-    training uses (KerasAugment on iterate_batches), from a seeded stream of their own.
+    training uses (TrainAugment on iterate_batches), from a seeded stream of their own; under
+    MixUp or CutMix a sample's target is a mix of classes, shown with their shares.
     """
     generator = runtime.generator(config.seed, "report")
     order = torch.randperm(len(train_entries), generator=generator).tolist()
@@ -154,12 +155,20 @@ def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict
         labels.append(classes.index(entry["label"]))
     if not pixels:
         return [], f"no training image could be decoded ({'; '.join(failures[:3])})"
-    augment = KerasAugment(config.augment, generator)
-    x, y = next(iterate_batches(torch.from_numpy(np.stack(pixels)), torch.tensor(labels),
-                                len(labels), augment=augment))
+    augment = TrainAugment(config.augment, generator, len(classes))
+    x, targets = next(iterate_batches(torch.from_numpy(np.stack(pixels)), torch.tensor(labels),
+                                      len(labels), augment=augment))
     images = (x.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return [{"label": classes[label], "image": _png_image(image)}
-            for label, image in zip(y.tolist(), images)], None
+    return [{"label": _target_caption(target, classes), "image": _png_image(image)}
+            for target, image in zip(targets, images)], None
+
+
+def _target_caption(target: torch.Tensor, classes: list[str]) -> str:
+    """A class name, or for a mixed target (MixUp/CutMix) each class with its share."""
+    if target.ndim == 0:
+        return classes[int(target)]
+    shares = sorted(((p, i) for i, p in enumerate(target.tolist()) if p >= 0.005), reverse=True)
+    return " + ".join(f"{classes[i]} {p:.2f}" for p, i in shares)
 
 
 def _config_rows(config: dict, prefix: str = "") -> list[tuple[str, str]]:
