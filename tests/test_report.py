@@ -76,6 +76,13 @@ def test_report_command_recomputes_missing_predictions_from_the_model(nasty_run,
     result = CliRunner().invoke(main, ["report", str(run)])
     assert result.exit_code == 0, result.output
     assert f"report written to {run / REPORT}" in result.output and "lacks" not in result.output
+    gone = _copy(nasty_run, tmp_path / "gone")
+    config = json.loads((gone / "config.json").read_text())
+    (gone / "config.json").write_text(json.dumps({**config, "data_dir": str(tmp_path / "no")}))
+    result = CliRunner().invoke(main, ["report", str(gone)])
+    assert result.exit_code == 0
+    assert f"report.html lacks augmented training samples: data folder {tmp_path / 'no'} not " \
+           "found" in result.output
     again = ValPredictions.read(run / VAL_PREDICTIONS, sorted(NASTY))
     assert again.paths == stored.paths and (again.labels == stored.labels).all()
     assert np.allclose(again.probabilities, stored.probabilities, atol=1e-5)

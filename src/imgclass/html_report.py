@@ -99,7 +99,8 @@ def _val_predictions(run_dir: Path, classes: list[str],
         predictions = predict_validation(run_dir)
     except (OSError, ValueError) as err:
         missing.append(f"per-class metrics, confusion, wrong predictions, calibration: "
-                       f"{VAL_PREDICTIONS} is absent and cannot be recomputed ({err})")
+                       f"{VAL_PREDICTIONS} is absent or unreadable and cannot be recomputed "
+                       f"({err})")
         return None
     predictions.write(run_dir)
     return predictions
@@ -265,5 +266,5 @@ def write_report(run_dir: str | os.PathLike,
     path = Path(out) if out else Path(run_dir) / REPORT
     atomic.write_text(path, html)
     for line in missing:
-        log.warning("report: %s", line)
+        log.warning("%s lacks %s", path.name, line)
     return ReportResult(path, missing)
