@@ -14,14 +14,9 @@ Runs already finished in --out (DIR/<variant>-<seed> with metrics.json) are not 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-import tempfile
-from pathlib import Path
 
-from time_to_accuracy import mean_std, read_run
+from time_to_accuracy import flowers_runs, mean_std, read_run
 
-from imgclass.data.dataset import load_dataset
 from imgclass.training import train
 
 VARIANTS: dict[str, dict] = {
@@ -38,22 +33,12 @@ def describe(options: dict) -> str:
 
 
 def main() -> None:
-    default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers5"
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=default)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=["seed", "mix+ls"])
-    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp folder)")
-    parser.add_argument("--table-only", action="store_true",
-                        help="do not train: tabulate the runs already in --out")
-    args = parser.parse_args()
-    if not args.data.is_dir():
-        sys.exit(f"{args.data}: not found (flowers5 lives in ../shared/datasets)")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.out or Path(tempfile.mkdtemp(prefix="regularisation-"))
+    def variants(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                            default=["seed", "mix+ls"])
+
+    args, out = flowers_runs(__doc__, "regularisation-", variants)
     if not args.table_only:
-        load_dataset(args.data, 64)  # warm the decode cache
         for seed in args.seeds:
             for variant in args.variants:
                 run = out / f"{variant}-{seed}"

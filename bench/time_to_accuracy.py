@@ -20,6 +20,7 @@ import logging
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from imgclass.data.dataset import load_dataset
@@ -51,21 +52,30 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +/- {std:.3f}"
 
 
-def main() -> None:
+def flowers_runs(doc: str, prefix: str,
+                 add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+                 ) -> tuple[argparse.Namespace, Path]:
+    """The options of every flowers5 benchmark (--data --seeds --out --table-only, plus its own);
+    returns them and the folder of the runs, with the decode cache warmed unless --table-only."""
     default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers5"
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp folder)")
     parser.add_argument("--table-only", action="store_true",
                         help="do not train: tabulate the runs already in --out")
+    add_arguments(parser)
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"{args.data}: not found (flowers5 lives in ../shared/datasets)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.out or Path(tempfile.mkdtemp(prefix="tta-"))
     if not args.table_only:
-        load_dataset(args.data, 64)  # warm the decode cache: both recipes then read it
+        load_dataset(args.data, 64)  # warm the decode cache: every run then reads it
+    return args, args.out or Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def main() -> None:
+    args, out = flowers_runs(__doc__, "tta-")
     rows = []
     for seed in args.seeds:
         if not args.table_only:
