@@ -191,6 +191,18 @@ def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default RUN/report.html).")
+def report(run: Path, out: Path | None) -> None:
+    """One self-contained HTML page on RUN: data, curves, errors, calibration, samples."""
+    from imgclass.html_report import write_report
+
+    result = write_report(run, out)  # logs what the report lacks, and why
+    click.echo(f"report written to {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

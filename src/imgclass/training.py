@@ -54,11 +54,13 @@ from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json, stratified_split
 from imgclass.distributed import Context
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
+from imgclass.html_report import write_report
 from imgclass.models import build_model
 from imgclass.models.summary import model_summary
 from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
 from imgclass.runtime import Device
+from imgclass.val_predictions import ValPredictions
 
 log = logging.getLogger(__name__)
 
@@ -545,7 +547,13 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         "train_seconds": sum(h.seconds for h in history),
         "total_seconds": time.perf_counter() - started,
     }
+    ValPredictions(dataset.classes, [dataset.paths[i] for i in split.val],
+                   val_data.labels.numpy(), probabilities).write(run_dir)
     atomic.write_json(run_dir / "metrics.json", metrics)
+    try:
+        write_report(run_dir)
+    except Exception as err:  # the model and metrics are saved: a report never fails the run
+        log.warning("%s: report not written (%s); `imgclass report` retries", run_dir, err)
     log.info("best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
              "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "
              "loss %.4f; %d files skipped", best.val_acc, best.epoch, restored,
