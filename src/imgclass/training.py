@@ -529,8 +529,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     columns = {k: [row[k] for row in rows] for k in rows[0]}
     plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
     probabilities = predict_proba(model, val_data.pixels, device, tta_flip=config.tta_flip)
-    validation = classification_metrics(val_data.labels.cpu().numpy(), probabilities.argmax(1),
-                                        dataset.classes)
+    val_labels = val_data.labels.cpu().numpy()  # the labels may be on a GPU
+    validation = classification_metrics(val_labels, probabilities.argmax(1), dataset.classes)
     write_metrics(validation, run_dir)
     best = max(history, key=lambda h: h.val_acc)
     metrics = {
@@ -548,7 +548,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         "total_seconds": time.perf_counter() - started,
     }
     ValPredictions(dataset.classes, [dataset.paths[i] for i in split.val],
-                   val_data.labels.numpy(), probabilities).write(run_dir)
+                   val_labels, probabilities).write(run_dir)
     atomic.write_json(run_dir / "metrics.json", metrics)
     try:
         write_report(run_dir)
