@@ -93,8 +93,14 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
               "[default: seed].")
 @click.option("--image-size", type=int, help="Side of the square input, pixels.")
 @click.option("--epochs", type=int, help="Maximum number of epochs.")
-@click.option("--batch-size", type=int, help="Images per optimiser step.")
-@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--batch-size", type=int, help="Images per optimiser step, all processes together "
+              "(under torchrun each takes batch-size / processes).")
+@click.option("--lr", type=float, help="Learning rate (per optimiser step, at --lr-batch images).")
+@click.option("--lr-scaling", type=click.Choice(["none", "linear", "sqrt"]),
+              help="How the learning rate follows a --batch-size other than --lr-batch: none "
+                   "(as given), linear (x batch/lr-batch), sqrt  [default: none].")
+@click.option("--lr-batch", type=int,
+              help="The batch size --lr is tuned for [default: the recipe's batch size].")
 @click.option("--val-split", type=float, help="Fraction of each class held out.")
 @click.option("--seed", type=int, help="Seed of every random stream (split, order, ...).")
 @click.option("--patience", type=int, help="Early-stopping patience in epochs (0: off).")
@@ -119,8 +125,11 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
               help="balanced: draw training images so every class is equally frequent.")
 @click.option("--tta/--no-tta", "tta_flip", default=None,
               help="Validate and predict on each image and its mirror, averaged.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
-              help="auto: bf16 where the hardware computes it natively.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="auto: bf16 where the hardware computes it natively, fp16 (with loss "
+                   "scaling) on GPUs without bf16.")
+@click.option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps  "
+              "[default: auto].")
 @click.option("--keep-conflicts", is_flag=True, default=None,
               help="Keep images whose content also appears under another class.")
 @click.option("--max-pixels", type=int,
@@ -148,6 +157,8 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
     except KeyboardInterrupt:
         click.echo("Interrupted before the first epoch ended: no checkpoint to keep.", err=True)
         sys.exit(130)
+    if result.rank:  # torchrun: rank 0 speaks for all
+        sys.exit(130 if result.interrupted else 0)
     click.echo(f"run written to {result.run_dir}")
     if result.interrupted:
         click.echo(f"Interrupted: the run ends with epoch {result.history[-1].epoch} (saved); "
@@ -176,6 +187,18 @@ def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path
     click.echo("confusion matrix (rows: true, columns: predicted)")
     click.echo(_table([(name, *row) for name, row in zip(m.classes, m.confusion)],
                       ("", *m.classes)))
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default RUN/report.html).")
+def report(run: Path, out: Path | None) -> None:
+    """One self-contained HTML page on RUN: data, curves, errors, calibration, samples."""
+    from imgclass.html_report import write_report
+
+    result = write_report(run, out)  # logs what the report lacks, and why
+    click.echo(f"report written to {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
 
 
 _MODEL_SOURCE = click.Path(exists=True, path_type=Path)
