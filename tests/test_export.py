@@ -10,6 +10,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from imgclass import evaluation
 from imgclass.checkpoint import CheckpointError
 from imgclass.cli import main
 from imgclass.data.dataset import load_dataset
@@ -78,3 +79,27 @@ def test_onnx_without_its_metadata_or_broken_is_a_clear_error(exported_onnx, tmp
     with pytest.raises(CheckpointError, match=r"broken\.onnx: not a loadable ONNX model"):
         Predictor(broken)
 
+
+
+def test_tta_flag_on_export_predict_and_evaluate(trained_run, tmp_path, monkeypatch):
+    """--tta overrides the run's own choice in export, Predictor/predict and evaluate."""
+    assert not json.loads((trained_run / "model.json").read_text())["tta_flip"]
+    out = tmp_path / "tta.onnx"
+    result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--tta"])
+    assert result.exit_code == 0, result.output
+    pixels = np.random.default_rng(4).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    with_flip = Predictor(trained_run, tta=True).predict_pixels(pixels)
+    assert np.abs(Predictor(out).predict_pixels(pixels) - with_flip).max() < 1e-4
+    assert np.abs(Predictor(trained_run).predict_pixels(pixels) - with_flip).max() > 1e-3
+    with pytest.raises(ValueError, match="export again with --no-tta"):
+        Predictor(out, tta=False)
+    asked = []
+
+    def recording(*args, tta_flip=False, **kwargs):
+        asked.append(tta_flip)
+        return predict_proba(*args, tta_flip=tta_flip, **kwargs)
+
+    monkeypatch.setattr(evaluation, "predict_proba", recording)
+    for tta in (None, True, False):
+        evaluation.evaluate(trained_run, out=tmp_path / f"eval-{tta}", tta=tta)
+    assert asked == [False, True, False]

@@ -13,6 +13,8 @@ from imgclass.config import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger("imgclass")
 
+_TTA = click.option("--tta/--no-tta", default=None, help="Average each image's and its mirror's "
+                    "probabilities [default: as the run was validated].")
 AUGMENT_OPTIONS = ("mixup", "cutmix", "random_erasing", "trivial_augment")  # AugmentConfig fields
 
 
@@ -172,8 +174,7 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write the results.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
-@click.option("--tta/--no-tta", default=None, help="Average each image's and its mirror's "
-              "probabilities [default: as the run was validated].")
+@_TTA
 def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None,
              tta: bool | None) -> None:
     """Metrics of RUN on its validation split, or on DATA_DIR/<class>/<images>."""
@@ -214,8 +215,9 @@ _MODEL_SOURCE = click.Path(exists=True, path_type=Path)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch.")
 @click.option("--max-pixels", type=int, help="Skip images with more pixels (width x height) "
               "[default: 100,000,000].")
+@_TTA
 def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_size: int,
-            max_pixels: int | None) -> None:
+            max_pixels: int | None, tta: bool | None) -> None:
     """Labels with probabilities for image files or folders of them.
 
     MODEL is a run directory or a .onnx file written by `imgclass export`. Rows stream out as
@@ -225,7 +227,8 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_si
 
     from imgclass.predict import Predictor
 
-    predictor = Predictor(model, batch_size, **({"max_pixels": max_pixels} if max_pixels else {}))
+    predictor = Predictor(model, batch_size, tta=tta,
+                          **({"max_pixels": max_pixels} if max_pixels else {}))
     k = max(1, min(top_k, len(predictor.classes)))
     writer = csv.writer(sys.stdout, lineterminator="\n")
     if fmt == "csv":
@@ -255,11 +258,12 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_si
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The model file to write [default: RUN/model.onnx]; its metadata goes "
                    "beside it (model.onnx.json).")
-def export(run: Path, fmt: str, out: Path | None) -> None:
+@_TTA
+def export(run: Path, fmt: str, out: Path | None, tta: bool | None) -> None:
     """Export RUN's model (dynamic batch, checked against PyTorch with ONNX Runtime)."""
     from imgclass.export import export_onnx, metadata_path
 
-    path = export_onnx(run, out)
+    path = export_onnx(run, out, tta=tta)
     click.echo(f"wrote {path} and {metadata_path(path)}")
 
 

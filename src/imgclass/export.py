@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +35,18 @@ def metadata_path(onnx_file: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(onnx_file)}.json")
 
 
-def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                tta: bool | None = None) -> Path:
     """Write RUN's model as ONNX (default RUN/model.onnx) and its metadata JSON; returns the path.
+
+    tta: flip test-time augmentation inside the graph (default: as the run was validated).
 
     The export is checked before it is kept: ONNX Runtime must give PyTorch's probabilities
     (within TOLERANCE) on a batch of random images, else CheckpointError.
     """
     run = Path(run)
     loaded = load_model(run)
-    meta = loaded.meta
+    meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
     out = Path(out) if out else run / "model.onnx"
     head = Probabilities(loaded.model, meta.tta_flip)
     head.eval()

@@ -12,7 +12,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +57,14 @@ class Predictor:
     """Load once, predict many: `Predictor("runs/x").predict(["a.jpg", "photos/"])`.
 
     source: a run directory (PyTorch) or a .onnx file written by `imgclass export` (ONNX Runtime);
-    both give the same answers. workers: decoding threads (default: usable cores).
+    both give the same answers. workers: decoding threads (default: usable cores). tta: average
+    each image's and its mirror's probabilities (default: as the run was validated; an ONNX
+    file has it inside its graph, fixed at export).
     """
 
     def __init__(self, source: str | os.PathLike, batch_size: int = 64, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
+                 tta: bool | None = None):
         runtime.configure()
         self.source = Path(source)
         self.batch_size = batch_size
@@ -71,12 +74,17 @@ class Predictor:
             from imgclass.export import OnnxModel, read_metadata
 
             self.meta, document = read_metadata(self.source)
+            if tta is not None and tta != self.meta.tta_flip:
+                inside = "with" if self.meta.tta_flip else "without"
+                raise ValueError(f"{self.source}: exported {inside} flip test-time augmentation "
+                                 f"in its graph; export again with --{'' if tta else 'no-'}tta")
             self.onnx: OnnxModel | None = OnnxModel(self.source, self.meta)
             self.model = None
             self.metrics = document.get("metrics")
         else:
             loaded = load_model(self.source)
-            self.meta, self.onnx = loaded.meta, None
+            self.meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
+            self.onnx = None
             self.device = Device.select()
             self.model = loaded.model.to(self.device.torch_device)
             metrics_file = self.source / "metrics.json"
