@@ -97,3 +97,21 @@ def browser(tmp_path_factory):
                                options=options)
     yield session
     session.quit()
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(trained_run, tmp_path_factory) -> Path:
+    """trained_run's model exported to ONNX (with its .onnx.json), outside the run directory."""
+    from imgclass.export import export_onnx
+
+    return export_onnx(trained_run, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="session")
+def served_run(trained_run, tmp_path_factory):
+    """`imgclass serve trained_run` as a real process on a loopback port; yields its base URL."""
+    from tests.service import running_service
+
+    with running_service(trained_run, tmp_path_factory.mktemp("serve"), "--max-upload-mb", "1",
+                         "--max-pixels", "1000000", "--top-k", "2") as url:
+        yield url

@@ -1,7 +1,13 @@
+import csv
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from imgclass.cli import main
 from imgclass.data.batches import iterate_batches
 from imgclass.data.dataset import load_dataset
 from imgclass.evaluation import predict_proba
@@ -43,3 +49,39 @@ def test_predict_probabilities_match_the_evaluation_path(trained_run, tmp_path):
         probs = dict(zip(result.labels, result.probabilities))
         assert [probs[c] for c in predictor.classes] == pytest.approx(row.tolist(), abs=1e-6)
     assert np.allclose(expected.sum(1), 1, atol=1e-5)
+
+
+def test_streaming_in_order_with_skips_at_any_batch_size(trained_run, tmp_path):
+    data = make_class_tree(tmp_path / "d", per_class=7, seed=8)
+    (data / "green" / "green_003.jpg").write_bytes(b"")
+    (data / "red" / "zz.jpg").write_bytes((data / "red" / "red_000.jpg").read_bytes()[:200])
+    reference = Predictor(trained_run, batch_size=64, workers=1).predict([data], top_k=2)
+    assert len(reference) == 22
+    streamed = Predictor(trained_run, batch_size=3, workers=3).predict_iter([data], top_k=2)
+    for a, b in zip(reference, streamed, strict=True):
+        assert (a.path, a.labels, a.error) == (b.path, b.labels, b.error)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+    errors = {r.path.rsplit("/", 1)[-1]: r.error for r in reference if r.error}
+    assert errors["green_003.jpg"] == "empty file"
+    assert errors["zz.jpg"].startswith("truncated or corrupt image data")
+
+
+def test_predict_command_csv_and_jsonl_from_onnx(exported_onnx, trained_run, tmp_path):
+    data = make_class_tree(tmp_path / "d", per_class=2, seed=5)
+    (data / "blue" / "notes.txt").write_text("not an image")
+    expected = Predictor(trained_run).predict([data], top_k=2)
+    result = CliRunner().invoke(main, ["predict", str(exported_onnx), str(data), "--top-k", "2",
+                                       "--format", "csv", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["path"] for r in rows] == [p.path for p in expected]
+    for row, want in zip(rows, expected):
+        assert [row["label_1"], row["label_2"]] == (want.labels or ["", ""])
+        assert row["error"] == (want.error or "")
+        if not want.error:
+            assert float(row["probability_1"]) == pytest.approx(want.probabilities[0], abs=1e-4)
+    assert "1 files skipped" in result.stderr
+    result = CliRunner().invoke(main, ["predict", str(exported_onnx), str(data / "blue"),
+                                       "--format", "jsonl"])
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [x["error"] for x in lines] == [None, None, "not an image (unrecognised format)"]

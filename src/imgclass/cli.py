@@ -13,6 +13,8 @@ from imgclass.config import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger("imgclass")
 
+_TTA = click.option("--tta/--no-tta", default=None, help="Average each image's and its mirror's "
+                    "probabilities [default: as the run was validated].")
 AUGMENT_OPTIONS = ("mixup", "cutmix", "random_erasing", "trivial_augment")  # AugmentConfig fields
 
 
@@ -116,8 +118,14 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
               "model's].")
 @_IMAGE_SIZE
 @_EPOCHS
-@_BATCH_SIZE
-@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--batch-size", type=int, help="Images per optimiser step, all processes together "
+              "(under torchrun each takes batch-size / processes).")
+@click.option("--lr", type=float, help="Learning rate (per optimiser step, at --lr-batch images).")
+@click.option("--lr-scaling", type=click.Choice(["none", "linear", "sqrt"]),
+              help="How the learning rate follows a --batch-size other than --lr-batch: none "
+                   "(as given), linear (x batch/lr-batch), sqrt  [default: none].")
+@click.option("--lr-batch", type=int,
+              help="The batch size --lr is tuned for [default: the recipe's batch size].")
 @click.option("--val-split", type=float, help="Fraction of each class held out.")
 @_SEED
 @click.option("--patience", type=int, help="Early-stopping patience in epochs (0: off).")
@@ -142,8 +150,11 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
               help="balanced: draw training images so every class is equally frequent.")
 @click.option("--tta/--no-tta", "tta_flip", default=None,
               help="Validate and predict on each image and its mirror, averaged.")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
-              help="auto: bf16 where the hardware computes it natively.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+              help="auto: bf16 where the hardware computes it natively, fp16 (with loss "
+                   "scaling) on GPUs without bf16.")
+@click.option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps  "
+              "[default: auto].")
 @click.option("--keep-conflicts", is_flag=True, default=None,
               help="Keep images whose content also appears under another class.")
 @click.option("--max-pixels", type=int,
@@ -170,6 +181,8 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
     except KeyboardInterrupt:
         click.echo("Interrupted before the first epoch ended: no checkpoint to keep.", err=True)
         sys.exit(130)
+    if result.rank:  # torchrun: rank 0 speaks for all
+        sys.exit(130 if result.interrupted else 0)
     click.echo(f"run written to {result.run_dir}")
     if result.interrupted:
         click.echo(f"Interrupted: the run ends with epoch {result.history[-1].epoch} (saved); "
@@ -183,8 +196,7 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write the results.")
 @click.option("--cache-dir", type=click.Path(path_type=Path))
-@click.option("--tta/--no-tta", default=None, help="Average each image's and its mirror's "
-              "probabilities [default: as the run was validated].")
+@_TTA
 def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None,
              tta: bool | None) -> None:
     """Metrics of RUN on its validation split, or on DATA_DIR/<class>/<images>."""
@@ -202,19 +214,57 @@ def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default RUN/report.html).")
+def report(run: Path, out: Path | None) -> None:
+    """One self-contained HTML page on RUN: data, curves, errors, calibration, samples."""
+    from imgclass.html_report import write_report
+
+    result = write_report(run, out)  # logs what the report lacks, and why
+    click.echo(f"report written to {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+
+
+_MODEL_SOURCE = click.Path(exists=True, path_type=Path)
+
+
+@main.command()
+@click.argument("model", type=_MODEL_SOURCE)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def predict(run: Path, paths: tuple[Path, ...], top_k: int, as_json: bool) -> None:
-    """Labels with probabilities for image files or folders of them."""
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "jsonl"]), default="text",
+              show_default=True, help="csv: path, label_1, probability_1, ..., error; "
+              "jsonl: one JSON object per line.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch.")
+@click.option("--max-pixels", type=int, help="Skip images with more pixels (width x height) "
+              "[default: 100,000,000].")
+@_TTA
+def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_size: int,
+            max_pixels: int | None, tta: bool | None) -> None:
+    """Labels with probabilities for image files or folders of them.
+
+    MODEL is a run directory or a .onnx file written by `imgclass export`. Rows stream out as
+    batches finish, in input order; a progress bar goes to stderr.
+    """
+    import csv
+
     from imgclass.predict import Predictor
 
+    predictor = Predictor(model, batch_size, tta=tta,
+                          **({"max_pixels": max_pixels} if max_pixels else {}))
+    k = max(1, min(top_k, len(predictor.classes)))
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(["path", *(f"{c}_{i}" for i in range(1, k + 1)
+                                   for c in ("label", "probability")), "error"])
     skipped = 0
-    for p in Predictor(run).predict(paths, top_k=top_k):
+    for p in predictor.predict_iter(paths, top_k=k, progress=True):
         skipped += p.error is not None
-        if as_json:
+        if fmt == "jsonl":
             click.echo(json.dumps({"path": p.path, "labels": p.labels,
                                    "probabilities": p.probabilities, "error": p.error}))
+        elif fmt == "csv":
+            pairs = [x for pair in zip(p.labels, p.probabilities) for x in pair]
+            writer.writerow([p.path, *(pairs or [""] * 2 * k), p.error or ""])
         elif p.error:
             click.echo(f"{p.path}\tskipped: {p.error}")
         else:
@@ -222,6 +272,46 @@ def predict(run: Path, paths: tuple[Path, ...], top_k: int, as_json: bool) -> No
                 f"{label} {prob:.3f}" for label, prob in zip(p.labels, p.probabilities)))
     if skipped:
         log.warning("%d files skipped (not decodable images)", skipped)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The model file to write [default: RUN/model.onnx]; its metadata goes "
+                   "beside it (model.onnx.json).")
+@_TTA
+def export(run: Path, fmt: str, out: Path | None, tta: bool | None) -> None:
+    """Export RUN's model (dynamic batch, checked against PyTorch with ONNX Runtime)."""
+    from imgclass.export import export_onnx, metadata_path
+
+    path = export_onnx(run, out, tta=tta)
+    click.echo(f"wrote {path} and {metadata_path(path)}")
+
+
+@main.command()
+@click.argument("model", type=_MODEL_SOURCE)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-upload-mb", type=float, default=20, show_default=True,
+              help="Largest request body; larger ones get 413.")
+@click.option("--max-pixels", type=int, default=40_000_000, show_default=True,
+              help="Largest image (width x height); larger ones get 413.")
+@click.option("--top-k", type=int, default=3, show_default=True,
+              help="Labels per image unless the request asks (?top_k=).")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Most images one model call takes from concurrent requests.")
+def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, top_k: int,
+          batch_size: int) -> None:
+    """An HTTP service and web page for MODEL (a run directory or a .onnx file).
+
+    POST /predict, GET /health, GET /model, GET /openapi.json, and GET / a page to drop photos on.
+    """
+    from imgclass.serve import serve as run_service
+
+    run_service(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20),
+                max_pixels=max_pixels, top_k=top_k, batch_size=batch_size)
 
 
 @main.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,13 @@ class TrainConfig:
     val_split: float = 0.2  # fraction of each class held out for validation
     seed: int = 0
     epochs: int = 10  # maximum number of passes over the training split
-    batch_size: int = 32  # images per optimiser step
+    batch_size: int = 32  # images per optimiser step, all processes together (torchrun)
     optimizer: str = "adam"  # "adam", "adamw" (decoupled weight decay), "sgd" (Nesterov)
     lr: float = 5e-4  # learning rate per optimiser step (the peak of a schedule)
+    lr_batch: int = 32  # the batch size `lr` is tuned for (the recipe's own)
+    # how lr follows a batch size other than lr_batch: "none" (lr as given), "linear"
+    # (lr x batch_size / lr_batch), "sqrt" (lr x sqrt(batch_size / lr_batch))
+    lr_scaling: str = "none"
     adam_eps: float = 1e-7  # Keras' Adam epsilon (PyTorch's default is 1e-8)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0  # adam/sgd: L2 penalty coefficient; adamw: decoupled, per step
@@ -62,7 +67,16 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     keep_conflicts: bool = False  # keep contents found under two classes (default: leave out)
     max_pixels: int = DEFAULT_MAX_PIXELS  # width x height; larger ones skipped, never decoded
-    precision: str = "auto"  # "auto" (bf16 where the hardware computes it natively), "bf16", "fp32"
+    # "auto": bf16 where the hardware computes it natively, fp16 on GPUs without bf16; or
+    # "bf16", "fp16" (CUDA only, with a grad scaler), "fp32"
+    precision: str = "auto"
+    device: str = "auto"  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps"
+
+    @property
+    def step_lr(self) -> float:
+        """The learning rate per optimiser step at this batch size, after lr_scaling."""
+        ratio = self.batch_size / self.lr_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """Return a copy with the given fields changed; None values are ignored.
@@ -100,7 +114,11 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
-            (self.precision in ("auto", "bf16", "fp32"), f"unknown precision {self.precision!r}"),
+            (self.lr_batch >= 1, f"lr_batch must be >= 1, got {self.lr_batch}"),
+            (self.lr_scaling in ("none", "linear", "sqrt"),
+             f"unknown lr_scaling {self.lr_scaling!r}"),
+            (self.precision in ("auto", "bf16", "fp16", "fp32"),
+             f"unknown precision {self.precision!r}"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
             (self.class_weights in ("none", "auto"),
@@ -134,6 +152,7 @@ RECIPES: dict[str, TrainConfig] = {
         batch_size=64,
         optimizer="sgd",
         lr=0.2,  # peak, per step of 64 images
+        lr_batch=64,
         momentum=0.9,
         weight_decay=5e-4,
         schedule="onecycle",
@@ -160,12 +179,14 @@ def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
 
 
 def load_recipe(name_or_path: str) -> TrainConfig:
-    """A named recipe, or a JSON file of TrainConfig fields (missing ones take `seed` values)."""
+    """A named recipe, or a JSON file of TrainConfig fields (missing ones take `seed` values,
+    but lr_batch: the file's own batch_size, the batch its lr was chosen for)."""
     if name_or_path in RECIPES:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
         data = json.loads(path.read_text())
+        data.setdefault("lr_batch", data.get("batch_size", RECIPES["seed"].batch_size))
         return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data, "recipe": path.stem})
     raise ValueError(f"unknown recipe {name_or_path!r}: choose one of "
                      f"{', '.join(RECIPES)} or give a .json recipe file")

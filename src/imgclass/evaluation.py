@@ -58,19 +58,36 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
     )
 
 
+class Probabilities(nn.Module):
+    """A model's logits -> softmax probabilities, optionally averaged with the mirror image's.
+
+    The one definition of a prediction: predict_proba runs it, and the ONNX export is this module,
+    so both give the same numbers.
+    """
+
+    def __init__(self, model: nn.Module, tta_flip: bool = False):
+        super().__init__()
+        self.model = model
+        self.tta_flip = tta_flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(self.model(x).float(), dim=1)
+        if self.tta_flip:  # the mirror image is as plausible a view: average the two
+            probabilities = (probabilities + torch.softmax(self.model(x.flip(3)).float(), 1)) / 2
+        return probabilities
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, pixels: np.ndarray | torch.Tensor, device: Device,
                   batch_size: int = 64, tta_flip: bool = False) -> np.ndarray:
     """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing."""
     model.eval()
+    head = Probabilities(model, tta_flip)
     pixels = torch.as_tensor(pixels)
     out = []
     for x, _ in iterate_batches(pixels, torch.zeros(len(pixels)), batch_size):
-        x = x.to(device.torch_device)
         with device.autocast():
-            probabilities = torch.softmax(model(x).float(), dim=1)
-            if tta_flip:  # the mirror image is as plausible a view: average the two
-                probabilities = (probabilities + torch.softmax(model(x.flip(3)).float(), 1)) / 2
+            probabilities = head(x.to(device.torch_device))
         out.append(probabilities.cpu())
     n_classes = out[0].shape[1] if out else 0
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)

@@ -76,7 +76,7 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
     out = Path(out)
     dataset = load_data(Path(data_dir), config, cache_dir)
     split = stratified_split(dataset.labels, config.val_split, config.seed, groups=dataset.sha256)
-    device = Device.select(config.precision)
+    device = Device.select(config.precision, config.device)
     model = new_model(config, len(dataset.classes), device)
     optimizer = build_optimizer(model, config)
     pixels = torch.from_numpy(dataset.pixels[split.train])

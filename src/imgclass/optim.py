@@ -13,10 +13,10 @@ WARMUP_START = 1 / 25  # warm-up starts at lr x this (OneCycleLR's default div_f
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(model.parameters(), lr=config.step_lr, momentum=config.momentum,
                                nesterov=True, weight_decay=config.weight_decay)
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
+    return adam(model.parameters(), lr=config.step_lr, eps=config.adam_eps,
                 weight_decay=config.weight_decay)
 
 
@@ -26,7 +26,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
         return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=max(config.warmup, 1e-3),
+            optimizer, max_lr=config.step_lr, total_steps=total, pct_start=max(config.warmup, 1e-3),
             anneal_strategy="linear", cycle_momentum=False, div_factor=1 / WARMUP_START,
             final_div_factor=1e3)
     if config.schedule == "cosine":

@@ -1,23 +1,28 @@
-"""Predictor: a trained run -> top-k labels with probabilities for image files, folders or arrays.
+"""Predictor: a trained run or an exported .onnx file -> top-k labels for image files or arrays.
 
 Preprocessing is the validation path exactly: decode_image (squash to the model's size) and the
-batches' to_float; nothing is re-implemented here.
+batches' to_float; nothing is re-implemented here. Files stream through: a bounded window of them
+is decoded in threads (Pillow releases the GIL) while the model runs on the previous batch.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from imgclass import runtime
 from imgclass.checkpoint import load_model
 from imgclass.data.batches import to_float
-from imgclass.data.images import ImageDecodeError, decode_image
+from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from imgclass.data.ingest import is_os_junk
 from imgclass.evaluation import predict_proba
 from imgclass.runtime import Device
@@ -49,22 +54,62 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
 
 
 class Predictor:
-    """Load once, predict many: `Predictor("runs/x").predict(["a.jpg", "photos/"])`."""
+    """Load once, predict many: `Predictor("runs/x").predict(["a.jpg", "photos/"])`.
 
-    def __init__(self, run: str | os.PathLike, batch_size: int = 64):
+    source: a run directory (PyTorch) or a .onnx file written by `imgclass export` (ONNX Runtime);
+    both give the same answers. workers: decoding threads (default: usable cores). tta: average
+    each image's and its mirror's probabilities (default: as the run was validated; an ONNX
+    file has it inside its graph, fixed at export).
+    """
+
+    def __init__(self, source: str | os.PathLike, batch_size: int = 64, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
+                 tta: bool | None = None):
         runtime.configure()
-        loaded = load_model(run)
-        self.model = loaded.model
-        self.meta = loaded.meta
-        self.classes = loaded.meta.classes
+        self.source = Path(source)
         self.batch_size = batch_size
-        self.device = Device.select()
-        self.model.to(self.device.torch_device)
+        self.max_pixels = max_pixels
+        self.workers = workers or runtime.usable_cores()
+        if self.source.suffix == ".onnx":
+            from imgclass.export import OnnxModel, read_metadata
 
-    def load_pixels(self, path: str | os.PathLike) -> np.ndarray:
-        """One file -> (H, W, 3) uint8, exactly as the training cache decodes it."""
+            self.meta, document = read_metadata(self.source)
+            if tta is not None and tta != self.meta.tta_flip:
+                inside = "with" if self.meta.tta_flip else "without"
+                raise ValueError(f"{self.source}: exported {inside} flip test-time augmentation "
+                                 f"in its graph; export again with --{'' if tta else 'no-'}tta")
+            self.onnx: OnnxModel | None = OnnxModel(self.source, self.meta)
+            self.model = None
+            self.metrics = document.get("metrics")
+        else:
+            loaded = load_model(self.source)
+            self.meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
+            self.onnx = None
+            self.device = Device.select()
+            self.model = loaded.model.to(self.device.torch_device)
+            metrics_file = self.source / "metrics.json"
+            self.metrics = (json.loads(metrics_file.read_text()) if metrics_file.is_file()
+                            else None)
+        self.classes = self.meta.classes
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.onnx else "pytorch"
+
+    def describe(self) -> dict:
+        """What a client needs to know about the model (the service's GET /model)."""
+        return {"source": str(self.source), "backend": self.backend, **asdict(self.meta),
+                "metrics": self.metrics}
+
+    def load_pixels(self, source: str | os.PathLike | bytes, name: str | None = None,
+                    ) -> np.ndarray:
+        """One file (or its bytes) -> (H, W, 3) uint8, exactly as the training cache decodes it.
+
+        name: what errors call it (default: the path, or "<upload>" for bytes).
+        """
         size = self.meta.image_size
-        return decode_image(path, (size, size))
+        return decode_image(source, (size, size), max_pixels=self.max_pixels,
+                            path_for_errors=name)
 
     def preprocess(self, path: str | os.PathLike) -> torch.Tensor:
         """One file -> the (1, 3, H, W) float tensor the model sees."""
@@ -72,32 +117,64 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 images of the model's size -> (N, classes) probabilities."""
+        if self.onnx:
+            return self.onnx.predict_proba(pixels, self.batch_size)
         return predict_proba(self.model, pixels, self.device, self.batch_size,
                              tta_flip=self.meta.tta_flip)
 
+    def top(self, probabilities: np.ndarray, top_k: int) -> tuple[list[str], list[float]]:
+        """One row of probabilities -> the top_k labels and their probabilities, best first."""
+        best = np.argsort(-probabilities, kind="stable")[:max(1, min(top_k, len(self.classes)))]
+        return [self.classes[i] for i in best], [float(probabilities[i]) for i in best]
+
     def predict(self, paths: Iterable[str | os.PathLike], top_k: int = 1) -> list[Prediction]:
         """Top-k labels for every image file (folders expanded); undecodable files carry .error."""
-        top_k = max(1, min(top_k, len(self.classes)))
-        results: list[Prediction] = []
-        batch: list[tuple[Prediction, np.ndarray]] = []
+        return list(self.predict_iter(paths, top_k))
 
-        def flush() -> None:
-            probabilities = self.predict_pixels(np.stack([pixels for _, pixels in batch]))
-            for (prediction, _), row in zip(batch, probabilities):
-                best = np.argsort(-row, kind="stable")[:top_k]
-                prediction.labels = [self.classes[i] for i in best]
-                prediction.probabilities = [float(row[i]) for i in best]
-            batch.clear()
+    def predict_iter(self, paths: Iterable[str | os.PathLike], top_k: int = 1,
+                     progress: bool = False) -> Iterator[Prediction]:
+        """predict() as a stream, in input order, a batch at a time; progress: a bar on stderr."""
+        files = list(expand_paths(paths))
+        batch: list[Prediction] = []
+        pixels: list[np.ndarray] = []
+        with tqdm(total=len(files), unit="img", disable=None if progress else True) as bar:
+            for path, decoded in self._decoded(files):
+                prediction = Prediction(str(path))
+                batch.append(prediction)
+                if isinstance(decoded, str):
+                    prediction.error = decoded
+                else:
+                    pixels.append(decoded)
+                if len(pixels) == self.batch_size or len(batch) == 4 * self.batch_size:
+                    yield from self._finish(batch, pixels, top_k)
+                    bar.update(len(batch))
+                    batch, pixels = [], []
+            yield from self._finish(batch, pixels, top_k)
+            bar.update(len(batch))
 
-        for path in expand_paths(paths):
-            prediction = Prediction(str(path))
-            results.append(prediction)
+    def _finish(self, batch: list[Prediction], pixels: list[np.ndarray],
+                top_k: int) -> list[Prediction]:
+        good = [p for p in batch if p.error is None]
+        if good:
+            for prediction, row in zip(good, self.predict_pixels(np.stack(pixels))):
+                prediction.labels, prediction.probabilities = self.top(row, top_k)
+        return batch
+
+    def _decoded(self, files: list[Path]) -> Iterator[tuple[Path, np.ndarray | str]]:
+        """(path, pixels or skip reason) in order; at most two batches decoded ahead."""
+        def load(path: Path) -> np.ndarray | str:
             try:
-                batch.append((prediction, self.load_pixels(path)))
+                return self.load_pixels(path)
             except ImageDecodeError as err:
-                prediction.error = err.reason
-            if len(batch) == self.batch_size:
-                flush()
-        if batch:
-            flush()
-        return results
+                return err.reason
+
+        window: deque[tuple[Path, Future]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="imgclass-predict") as pool:
+            for path in files:
+                window.append((path, pool.submit(load, path)))
+                if len(window) > 2 * self.batch_size:
+                    done, future = window.popleft()
+                    yield done, future.result()
+            while window:
+                done, future = window.popleft()
+                yield done, future.result()

@@ -1,4 +1,8 @@
-"""Plots of a run: training curves and the confusion matrix (PNG, written atomically)."""
+"""Plots of a run (matplotlib, Agg): training curves, confusion matrix, class counts, calibration.
+
+`plot_*` write PNG files into the run directory; `*_figure` return PNG bytes, embedded as they are
+by the HTML report (`html_report.py`).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,11 @@ import numpy as np  # noqa: E402
 from imgclass import atomic  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
+def _png(fig: plt.Figure, dpi: int = 120) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    atomic.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def plot_curves(epochs: Sequence[int], series: dict[str, Sequence[float]], restored_epoch: int,
@@ -35,7 +39,7 @@ def plot_curves(epochs: Sequence[int], series: dict[str, Sequence[float]], resto
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
-    _save(fig, path)
+    atomic.write_bytes(path, _png(fig))
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike) -> None:
@@ -53,7 +57,43 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if shares[i, j] > 0.5 else "black")
-    _save(fig, path)
+    atomic.write_bytes(path, _png(fig))
+
+
+def class_counts_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> bytes:
+    """Images per class, one stacked bar per class: counts maps a part (training, ...) to counts."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(classes) + 2), 3.5))
+    bottom = np.zeros(len(classes))
+    for part, values in counts.items():
+        ax.bar(range(len(classes)), values, bottom=bottom, label=part)
+        bottom += np.asarray(values)
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 6 else 0,
+                  ha="right" if len(classes) > 6 else "center")
+    ax.set(ylabel="images", title="Images per class")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))
+    return _png(fig, dpi=100)
+
+
+def reliability_figure(confidence: Sequence[float], accuracy: Sequence[float],
+                       count: Sequence[int], edges: Sequence[float], ece: float) -> bytes:
+    """Accuracy against confidence per bin (the diagonal: perfect calibration); bin sizes below."""
+    edges = np.asarray(edges)
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    filled = np.asarray(count) > 0
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(centres[filled], np.asarray(accuracy)[filled], width=width[filled], edgecolor="black",
+            alpha=0.7, label="accuracy in the bin")
+    top.plot(np.asarray(confidence)[filled], np.asarray(accuracy)[filled], "o", color="black",
+             label="mean confidence in the bin")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+            title=f"Reliability (expected calibration error {ece:.3f})")
+    top.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    bottom.bar(centres, count, width=width, edgecolor="black", color="grey")
+    bottom.set(xlabel="confidence (probability of the predicted class)", ylabel="images")
+    return _png(fig, dpi=100)
 
 
 def plot_trials(trials: Sequence[int], values: Sequence[float], name: str,
@@ -66,7 +106,7 @@ def plot_trials(trials: Sequence[int], values: Sequence[float], name: str,
     ax.set_ylabel(name)
     ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    atomic.write_bytes(path, _png(fig))
 
 
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
@@ -83,4 +123,5 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequen
         ax.set_ylim(min(finite) * 0.9, max(finite[0], min(finite)) * 1.5)
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, path)
+    atomic.write_bytes(path, _png(fig))
+

@@ -72,31 +72,90 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def parse_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto|cpu|cuda|cuda:N|mps -> a torch.device that exists here; ValueError naming what not.
+
+    auto picks CUDA, then Apple's MPS, then the CPU. "cuda" without an index (and auto) means
+    the GPU of this process's local rank under torchrun (cuda:0 otherwise).
+    """
+    if spec == "auto":
+        if torch.cuda.is_available():
+            spec = "cuda"
+        elif torch.backends.mps.is_available():
+            spec = "mps"
+        else:
+            spec = "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {spec!r}: choose auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r}: no CUDA GPU is available here (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: GPU {index} asked for, "
+                             f"{torch.cuda.device_count()} available")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {spec!r}: Apple's MPS is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {spec!r}: choose auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+# Share of a GPU's free memory the decoded training and validation images may take when they are
+# kept there; the rest is left for the model's activations.
+DEVICE_DATA_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class Device:
-    """Where the model runs and in which precision."""
+    """Where the model runs and in which precision (autocast dtype; None: fp32)."""
 
     torch_device: torch.device
-    bf16: bool
+    amp: torch.dtype | None
 
     @classmethod
-    def select(cls, precision: str = "auto") -> Device:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def select(cls, precision: str = "auto", device: str = "auto",
+               local_rank: int = 0) -> Device:
+        """auto precision: bf16 on GPUs that support it, else fp16 (with a grad scaler); on the
+        CPU bf16 only where it is native; fp32 on MPS."""
+        where = parse_device(device, local_rank)
         if precision == "auto":
-            bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-                    else cpu_has_native_bf16())
-        else:
-            bf16 = precision == "bf16"
-        return cls(device, bf16)
+            if where.type == "cuda":
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                precision = "bf16" if where.type == "cpu" and cpu_has_native_bf16() else "fp32"
+        if precision == "fp16" and where.type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA GPU (device {where}); use bf16 or "
+                             "fp32")
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        return cls(where, amp)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.bf16:
+        if self.amp is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.torch_device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.torch_device.type, dtype=self.amp)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for fp16 (its range underflows small gradients); a no-op otherwise."""
+        return torch.amp.GradScaler(self.torch_device.type, enabled=self.amp == torch.float16)
+
+    def holds(self, nbytes: int) -> bool:
+        """Whether `nbytes` of data fit on the device beside the model: always on the CPU."""
+        if self.torch_device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.torch_device)
+            return nbytes <= DEVICE_DATA_SHARE * free
+        if self.torch_device.type == "mps":
+            free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+            return nbytes <= DEVICE_DATA_SHARE * free
+        return True
 
     @property
     def precision(self) -> str:
-        return "bf16" if self.bf16 else "fp32"
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp, "fp32")
 
 
 def stream_seed(seed: int, name: str) -> int:

@@ -12,6 +12,7 @@ finishes the run from the last completed one (metrics.json: "interrupted": true)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -32,7 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from imgclass import atomic, runtime
+from imgclass import atomic, distributed, runtime
 from imgclass.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_SUMMARY,
@@ -51,7 +52,9 @@ from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json, stratified_split
+from imgclass.distributed import Context
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
+from imgclass.html_report import write_report
 from imgclass.models import build_model
 from imgclass.models.backbones import Backbone
 from imgclass.models.summary import model_summary
@@ -59,6 +62,7 @@ from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
 from imgclass.runtime import Device
 from imgclass.tracking import tensorboard
+from imgclass.val_predictions import ValPredictions
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,7 @@ class TrainResult:
     restored_epoch: int  # the epoch whose weights were kept (lowest validation loss)
     metrics: dict
     interrupted: bool = False  # Ctrl-C: the run ends at its last completed epoch
+    rank: int = 0  # under torchrun, this process's rank; only rank 0 wrote files and metrics
 
 
 @dataclass
@@ -102,11 +107,21 @@ class _Tensors:
         self.pixels = torch.from_numpy(dataset.pixels[index])
         self.labels = torch.from_numpy(dataset.labels[index])
 
+    def to(self, device: torch.device) -> _Tensors:
+        """Moved once to the device: batches are then cut and augmented there."""
+        self.pixels, self.labels = self.pixels.to(device), self.labels.to(device)
+        return self
+
 
 def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                     schedule: LRScheduler | None, loss_fn: nn.Module, device: Device,
-                    bar: tqdm) -> tuple[float, float, float]:
-    """One pass over the training batches -> (loss, accuracy, share of the time spent waiting)."""
+                    bar: tqdm, scaler: torch.amp.GradScaler | None = None,
+                    ranks: Context = distributed.SINGLE) -> tuple[float, float, float]:
+    """One pass over the training batches -> (loss, accuracy, share of the time spent waiting).
+
+    scaler: fp16 loss scaling (Device.grad_scaler). Loss and accuracy are over all ranks.
+    """
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     model.train()
     total_loss = correct = seen = 0.0
     waited = 0.0
@@ -123,8 +138,9 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)  # y: labels, or probabilities (MixUp/CutMix)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             if schedule is not None:
                 schedule.step()
             n = len(y)
@@ -133,6 +149,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
             seen += n
             bar.update(n)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+    total_loss, correct, seen = ranks.sum([total_loss, correct, seen])
     return total_loss / seen, correct / seen, waited / (time.perf_counter() - start)
 
 
@@ -142,8 +159,9 @@ def validate(model: nn.Module, data: _Tensors, device: Device, num_classes: int,
     """(loss, accuracy, macro-F1) on a split; the loss is unweighted whatever the class weights."""
     probabilities = torch.from_numpy(predict_proba(model, data.pixels, device,
                                                    tta_flip=tta_flip))
-    loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), data.labels)
-    scores = classification_metrics(data.labels.numpy(), probabilities.argmax(1).numpy(),
+    labels = data.labels.cpu()
+    loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), labels)
+    scores = classification_metrics(labels.numpy(), probabilities.argmax(1).numpy(),
                                     [str(c) for c in range(num_classes)])
     return loss.item(), scores.accuracy, scores.macro_f1
 
@@ -219,24 +237,34 @@ def training_loss(config: TrainConfig, labels: torch.Tensor, num_classes: int,
 def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
         device: Device, num_classes: int, progress: bool = False, *,
         checkpoint_dir: Path | None = None, resume: TrainingState | None = None,
+        ranks: Context = distributed.SINGLE,
         on_epoch: Callable[[EpochStats], None] | None = None) -> FitResult:
     """Train with early stopping on validation loss; the model ends with the best weights.
 
-    checkpoint_dir: save a checkpoint there after every epoch. resume: continue from one.
+    checkpoint_dir: save a checkpoint there after every epoch (rank 0). resume: continue from one.
+    ranks: under torchrun, this process's share of the work (distributed.py).
     on_epoch: called with each epoch's stats once its checkpoint is saved (TensorBoard, tune's
     pruning); an exception it raises ends the fit and propagates.
     Ctrl-C (KeyboardInterrupt) goes back to the last completed epoch and ends the fit there;
     it is raised again only when no epoch was completed.
     """
-    steps_per_epoch = math.ceil(len(train_data.labels) / config.batch_size)
+    if config.freeze_epochs and ranks.world_size > 1:  # DDP fixes the trained set at wrapping
+        raise ValueError("--freeze-epochs does not work under torchrun yet: train in one process")
+    steps_per_epoch = len(distributed.batch_bounds(len(train_data.labels), config.batch_size,
+                                                   ranks.world_size))
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, steps_per_epoch)
     loss_fn = training_loss(config, train_data.labels, num_classes, device)
-    streams = {name: runtime.generator(config.seed, name) for name in ("shuffle", "augment")}
+    # one epoch order for all ranks; augmentation draws of their own
+    streams = {"shuffle": runtime.generator(config.seed, "shuffle"),
+               "augment": runtime.generator(config.seed, ranks.stream("augment"))}
+    scaler = device.grad_scaler()
+    trained = ranks.wrap(model, device.torch_device)
     augment = TrainAugment(config.augment, streams["augment"], num_classes)
     stopper = EarlyStopping(config.patience)
 
     def restore(state: TrainingState) -> list[EpochStats]:
+        state.rng = ranks.own_rng(state.rng)
         state.apply(model, optimizer, schedule, streams)
         stopper.best_loss, stopper.best_epoch = state.best_loss, state.best_epoch
         stopper.best_state = state.best_model
@@ -256,20 +284,25 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
             _set_frozen(model, config, epoch)
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            order = epoch_order(train_data.labels, streams["shuffle"],
+            order = epoch_order(train_data.labels.cpu(), streams["shuffle"],
                                 balanced=config.sampler == "balanced")
             batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
-                                               config.batch_size, order=order, augment=augment))
-            bar = tqdm(total=len(train_data.labels), desc=f"epoch {epoch}/{config.epochs}",
-                       unit="img", leave=False, disable=None if progress else True)
+                                               config.batch_size, order=order, augment=augment,
+                                               shard=ranks.batches))
+            bar = tqdm(total=len(order) // ranks.world_size, unit="img",
+                       desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                       disable=None if progress and ranks.is_main else True)
             try:
-                train_loss, train_acc, waited = train_one_epoch(model, batches, optimizer,
-                                                                schedule, loss_fn, device, bar)
+                train_loss, train_acc, waited = train_one_epoch(trained, batches, optimizer,
+                                                                schedule, loss_fn, device, bar,
+                                                                scaler, ranks)
             finally:
                 batches.close()  # the producer thread stops drawing from the streams
             train_seconds = time.perf_counter() - start
-            val_loss, val_acc, val_f1 = validate(model, val_data, device, num_classes,
-                                                 config.tta_flip)
+            # rank 0 validates; every rank stops early on the same numbers
+            val_loss, val_acc, val_f1 = ranks.from_main(
+                validate(model, val_data, device, num_classes, config.tta_flip)
+                if ranks.is_main else (0, 0, 0))
             stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, val_f1,
                                time.perf_counter() - start,
                                len(train_data.labels) / train_seconds, waited, lr)
@@ -282,8 +315,10 @@ def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: Trai
                 [asdict(h) for h in history], stop, model, optimizer, schedule, streams,
                 (stopper.best_loss, stopper.best_epoch, stopper.best_state), config.to_dict(),
                 copy_tensors=checkpoint_dir is None)
+            state.rng = ranks.gather_rng(state.rng)
             if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, state)
+                if ranks.is_main:
+                    save_checkpoint(checkpoint_dir, state)
             else:
                 completed = state
             del state
@@ -353,14 +388,22 @@ def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
         stored["data_dir"], stored["classes"]  # noqa: B018 - present, or the file is not a run's
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{config_file}: unreadable ({type(err).__name__}: {err})") from err
-    device = Device.select(config.precision)
-    now = {"device": str(device.torch_device), "precision_used": device.precision,
-           "threads": torch.get_num_threads()}
-    changed = [f"{k} {stored.get(k)} -> {v}" for k, v in now.items() if stored.get(k) != v]
-    if changed:
+    return config, stored
+
+
+def _environment(device: Device, ranks: Context) -> dict:
+    """Where a run trains, as config.json records it (rank 0's view under torchrun)."""
+    return {"device_used": str(device.torch_device), "precision_used": device.precision,
+            "threads": torch.get_num_threads(), "processes": ranks.world_size}
+
+
+def _warn_if_moved(run_dir: Path, stored: dict, device: Device, ranks: Context) -> None:
+    now = _environment(device, ranks)
+    before = {"processes": 1} | {k: stored[k] for k in now if k in stored}
+    changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
+    if changed and ranks.is_main:
         log.warning("%s: resumed with another %s: the results may differ in the last digits "
                     "from an uninterrupted run", run_dir, ", ".join(changed))
-    return config, stored
 
 
 def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
@@ -373,8 +416,11 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
     overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
     resume: a run folder to continue from its last completed epoch, with the recipe, overrides
         and data stored in it; any other argument but cache_dir and progress is then an error.
+    Under torchrun every process calls this; rank 0 writes the run directory, the others return
+    a TrainResult with empty metrics.
     """
-    runtime.configure()
+    ranks = Context.from_env()
+    runtime.configure(ranks.threads())
     stored = None
     if resume is not None:
         given = [name for name, value in (("data_dir", data_dir), ("out", out),
@@ -388,20 +434,46 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
         data_dir = Path(stored["data_dir"])
     else:
         config = build_config(recipe, **overrides)
-        if data_dir is None:
-            data_dir = digits_folder(cache_dir)
-            log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
-        data_dir = Path(data_dir)
-        run_dir = _run_dir(out, data_dir, config.recipe, overwrite)
-    log_handler = logging.FileHandler(run_dir / "train.log", mode="w" if stored is None else "a",
-                                      encoding="utf-8")
-    log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("imgclass").addHandler(log_handler)
+    ranks.check_batch_size(config.batch_size)
+    device = Device.select(config.precision, config.device, ranks.local_rank)
+    ranks = ranks.start(device.torch_device)
+    package_log = logging.getLogger("imgclass")
+    level = package_log.level
+    if not ranks.is_main:  # one console, rank 0's lines; the others' warnings and errors
+        package_log.setLevel(logging.WARNING)
     try:
-        return _train(data_dir, run_dir, config, cache_dir, progress, stored)
+        if stored is not None:
+            _warn_if_moved(run_dir, stored, device, ranks)
+        else:
+            if data_dir is None:
+                with ranks.main_first():
+                    data_dir = digits_folder(cache_dir)
+                log.info("no data folder given: using the built-in digits data set (%s)",
+                         data_dir)
+            data_dir = Path(data_dir)
+            run_dir = ranks.on_main(lambda: _run_dir(out, data_dir, config.recipe, overwrite))
+        with _run_log(run_dir, append=stored is not None, write=ranks.is_main):
+            return _train(data_dir, run_dir, config, cache_dir, progress, stored, device, ranks)
     finally:
-        logging.getLogger("imgclass").removeHandler(log_handler)
-        log_handler.close()
+        package_log.setLevel(level)
+        ranks.stop()
+
+
+@contextlib.contextmanager
+def _run_log(run_dir: Path, append: bool, write: bool) -> Iterator[None]:
+    """The package's log lines also go to RUN/train.log while the block runs (when `write`)."""
+    if not write:
+        yield
+        return
+    handler = logging.FileHandler(run_dir / "train.log", mode="a" if append else "w",
+                                  encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("imgclass").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("imgclass").removeHandler(handler)
+        handler.close()
 
 
 def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
@@ -419,12 +491,11 @@ def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
 
 
 def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, dataset: Dataset,
-                           split: Split, device: Device) -> None:
+                           split: Split, device: Device, ranks: Context) -> None:
     """config.json, split.json, skipped.json, scan.json: what the run is, written before fitting."""
     atomic.write_json(run_dir / "config.json", {
         **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
-        "device": str(device.torch_device), "precision_used": device.precision,
-        "threads": torch.get_num_threads()})
+        **_environment(device, ranks)})
     atomic.write_json(run_dir / "split.json",
                       split_json(split, dataset, config.seed, config.val_split))
     atomic.write_json(run_dir / "skipped.json",
@@ -450,11 +521,11 @@ def load_data(data_dir: Path, config: TrainConfig,
 
 def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            cache_dir: str | os.PathLike | None, progress: bool,
-           stored: dict | None) -> TrainResult:
+           stored: dict | None, device: Device, ranks: Context) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
-    dataset = load_data(data_dir, config, cache_dir)
-    device = Device.select(config.precision)
+    with ranks.main_first():  # rank 0 decodes into the cache, the others read it
+        dataset = load_data(data_dir, config, cache_dir)
     resume = None
     if stored is not None:
         if dataset.classes != stored["classes"]:
@@ -471,20 +542,31 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     else:
         split = stratified_split(dataset.labels, config.val_split, config.seed,
                                  groups=dataset.sha256)
-        _write_run_description(run_dir, config, data_dir, dataset, split, device)
+        if ranks.is_main:
+            _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks)
 
     # the pretrained weights are read for a new run only: a resumed one has its own
     model = new_model(dataclasses.replace(config, pretrained=None) if resume else config,
                       len(dataset.classes), device)
     log.info("%s", model_summary(model, config.image_size, title=f"model {config.model}"))
+    if not ranks.is_main:  # dropout masks of its own
+        torch.manual_seed(runtime.stream_seed(config.seed, ranks.stream("dropout")))
     train_data, val_data = _Tensors(dataset, split.train), _Tensors(dataset, split.val)
-    log.info("training on %d images, validating on %d; %s, %s, %d threads",
-             len(split.train), len(split.val), device.torch_device, device.precision,
-             torch.get_num_threads())
-    with tensorboard(run_dir) as on_epoch:
+    on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
+    if on_device:
+        train_data, val_data = train_data.to(device.torch_device), val_data.to(device.torch_device)
+    log.info("training on %d images, validating on %d; %s, %s, %d threads, %d processes; "
+             "images %s", len(split.train), len(split.val), device.torch_device,
+             device.precision, torch.get_num_threads(), ranks.world_size,
+             f"kept on {device.torch_device}" if on_device else "streamed from host memory")
+    with tensorboard(run_dir) if ranks.is_main else contextlib.nullcontext() as on_epoch:
         fitted = fit(model, train_data, val_data, config, device, len(dataset.classes),
-                     progress, checkpoint_dir=run_dir, resume=resume, on_epoch=on_epoch)
+                     progress, checkpoint_dir=run_dir, resume=resume, ranks=ranks,
+                     on_epoch=on_epoch)
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
+    if not ranks.is_main:  # rank 0 writes the run's files
+        return TrainResult(run_dir, config, dataset.classes, history, restored, {}, interrupted,
+                           ranks.rank)
 
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
                                                   config.model, config.tta_flip))
@@ -493,8 +575,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     columns = {k: [row[k] for row in rows] for k in rows[0]}
     plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
     probabilities = predict_proba(model, val_data.pixels, device, tta_flip=config.tta_flip)
-    validation = classification_metrics(val_data.labels.numpy(), probabilities.argmax(1),
-                                        dataset.classes)
+    val_labels = val_data.labels.cpu().numpy()  # the labels may be on a GPU
+    validation = classification_metrics(val_labels, probabilities.argmax(1), dataset.classes)
     write_metrics(validation, run_dir)
     best = max(history, key=lambda h: h.val_acc)
     metrics = {
@@ -511,7 +593,13 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         "train_seconds": sum(h.seconds for h in history),
         "total_seconds": time.perf_counter() - started,
     }
+    ValPredictions(dataset.classes, [dataset.paths[i] for i in split.val],
+                   val_labels, probabilities).write(run_dir)
     atomic.write_json(run_dir / "metrics.json", metrics)
+    try:
+        write_report(run_dir)
+    except Exception as err:  # the model and metrics are saved: a report never fails the run
+        log.warning("%s: report not written (%s); `imgclass report` retries", run_dir, err)
     log.info("best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
              "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "
              "loss %.4f; %d files skipped", best.val_acc, best.epoch, restored,

@@ -143,7 +143,7 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, trials: int, *,
     dataset = load_data(data_dir, base, cache_dir)
     split = stratified_split(dataset.labels, base.val_split, base.seed, groups=dataset.sha256)
     train_data, val_data = _Tensors(dataset, split.train), _Tensors(dataset, split.val)
-    device = Device.select(base.precision)
+    device = Device.select(base.precision, base.device)
     space = search_space(base)
     started = time.monotonic()
     while True:

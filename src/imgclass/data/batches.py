@@ -39,13 +39,19 @@ def iterate_batches(
     *,
     order: torch.Tensor | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
+    shard: Callable[[torch.Tensor, int], list[torch.Tensor]] | None = None,
 ) -> Iterator[Batch]:
     """Batches of the images at `order` (default: all, in order) as floats, or through
     `augment`, which takes the uint8 pixels and labels and returns the model's input and
-    targets (data/augment.TrainAugment)."""
+    targets (data/augment.TrainAugment).
+
+    shard: cuts the order into this process's index batches (distributed.Context.batches, its
+    slice of each global batch); default: consecutive batches of batch_size.
+    Pixels (and labels) may live on a GPU, kept there when they fit: batches are then made
+    there (CPU indices index a GPU tensor).
+    """
     order = torch.arange(len(labels)) if order is None else order
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
+    for index in (shard(order, batch_size) if shard else order.split(batch_size)):
         if augment is None:
             yield to_float(pixels[index]), labels[index]
         else:

@@ -1,0 +1,127 @@
+"""ONNX export of a run's model, and the ONNX Runtime side that reads it back.
+
+The graph is `evaluation.Probabilities` around the model, the same module `predict_proba` runs:
+float32 (N, 3, H, W) pixels in [0, 1] (`data/batches.to_float` of the decoded image, the one
+preprocessing step) -> (N, classes) softmax probabilities, with the run's flip test-time
+augmentation inside when it has one. The batch dimension is dynamic. `<name>.onnx.json` beside it
+holds the rest: classes in output order, input size, normalisation, resize rule and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclass import atomic, runtime
+from imgclass.checkpoint import CheckpointError, ModelMeta, load_model
+from imgclass.data.batches import iterate_batches
+from imgclass.evaluation import Probabilities
+
+log = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "pixels", "probabilities"
+OPSET = 18
+TOLERANCE = 1e-4  # largest difference in probability tolerated between PyTorch and ONNX Runtime
+
+
+def metadata_path(onnx_file: str | os.PathLike) -> Path:
+    """model.onnx -> model.onnx.json."""
+    return Path(f"{os.fspath(onnx_file)}.json")
+
+
+def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                tta: bool | None = None) -> Path:
+    """Write RUN's model as ONNX (default RUN/model.onnx) and its metadata JSON; returns the path.
+
+    tta: flip test-time augmentation inside the graph (default: as the run was validated).
+
+    The export is checked before it is kept: ONNX Runtime must give PyTorch's probabilities
+    (within TOLERANCE) on a batch of random images, else CheckpointError.
+    """
+    run = Path(run)
+    loaded = load_model(run)
+    meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
+    out = Path(out) if out else run / "model.onnx"
+    head = Probabilities(loaded.model, meta.tta_flip)
+    head.eval()
+    example = torch.rand(3, 3, meta.image_size, meta.image_size,
+                         generator=torch.Generator().manual_seed(0))
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(head, (example,), input_names=[INPUT], output_names=[OUTPUT],
+                                dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
+                                external_data=False, verbose=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_with(out, lambda tmp: program.save(tmp, external_data=False))
+    with torch.no_grad():
+        expected = head(example).numpy()
+    difference = float(np.abs(OnnxModel(out, meta).run(example.numpy()) - expected).max())
+    if not difference <= TOLERANCE:
+        out.unlink()
+        raise CheckpointError(f"{out}: ONNX Runtime differs from PyTorch by {difference:.2g} "
+                              f"(> {TOLERANCE}); not kept")
+    metrics_file = run / "metrics.json"
+    atomic.write_json(metadata_path(out), {
+        **asdict(meta),
+        "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", 3, meta.image_size,
+                                                               meta.image_size],
+                  "meaning": "RGB pixels decoded and squashed to image_size, scaled to [0, 1] "
+                             "(normalisation), channels first"},
+        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", len(meta.classes)],
+                   "meaning": "softmax probabilities in the order of `classes`"
+                              + (" (image and mirror averaged)" if meta.tta_flip else "")},
+        "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
+        "source_run": str(run.resolve()),
+    })
+    log.info("%s: ONNX Runtime matches PyTorch within %.1g on a random batch", out, difference)
+    return out
+
+
+def read_metadata(onnx_file: str | os.PathLike) -> tuple[ModelMeta, dict]:
+    """(ModelMeta, the whole JSON) of an exported model; CheckpointError naming the file."""
+    path = metadata_path(onnx_file)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (written beside the .onnx by imgclass export)")
+    try:
+        document = json.loads(path.read_text())
+        known = {f.name for f in fields(ModelMeta)}
+        return ModelMeta(**{k: v for k, v in document.items() if k in known}), document
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable model metadata ({err})") from err
+
+
+class OnnxModel:
+    """An exported model in ONNX Runtime: the counterpart of predict_proba."""
+
+    def __init__(self, onnx_file: str | os.PathLike, meta: ModelMeta):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = runtime.usable_cores()
+        options.inter_op_num_threads = 1
+        # no busy-waiting between calls: on a shared or small CPU the spinning threads would take
+        # the cores that decode the next images (and serve the next requests)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = onnxruntime.InferenceSession(
+                os.fspath(onnx_file), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # ONNX Runtime raises its own exception types
+            raise CheckpointError(f"{onnx_file}: not a loadable ONNX model "
+                                  f"({str(err).splitlines()[0]})") from err
+        self.meta = meta
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 in [0, 1] -> (N, classes) probabilities."""
+        return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, np.float32)})[0]
+
+    def predict_proba(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, classes), through the same batches as predict_proba."""
+        pixels = torch.as_tensor(pixels)
+        out = [self.run(x.numpy()) for x, _ in
+               iterate_batches(pixels, torch.zeros(len(pixels)), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.meta.classes)), np.float32)

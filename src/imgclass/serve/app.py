@@ -1,0 +1,181 @@
+"""The FastAPI application: POST /predict, GET /health, GET /model, GET / (the web page).
+
+Bad requests get a 4xx answer naming the upload and the reason, in the decoder's vocabulary
+(data/images.py): empty -> 400, not an image -> 415, truncated or undecodable -> 422, too many
+pixels or too large a body -> 413, no image field -> 422, wrong method -> 405. Decoding runs in
+worker threads (at most one per core), the model in the micro-batcher's: the event loop never
+waits on either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from imgclass import runtime
+from imgclass.data.images import (
+    REASON_EMPTY,
+    REASON_NOT_AN_IMAGE,
+    REASON_TOO_MANY_PIXELS,
+    ImageDecodeError,
+)
+from imgclass.predict import Predictor
+from imgclass.serve.batching import MicroBatcher
+
+FIELDS = ("file", "files")  # multipart field names that carry images
+MAX_FILES = 64  # images per request
+
+_STATUS_BY_REASON = {REASON_EMPTY: 400, REASON_NOT_AN_IMAGE: 415, REASON_TOO_MANY_PIXELS: 413}
+_ERRORS = {status: {"description": text} for status, text in {
+    400: "empty body or image, or malformed multipart data",
+    405: "method not allowed",
+    413: "body larger than --max-upload-mb, or image with more pixels than --max-pixels",
+    415: "not an image (unrecognised format)",
+    422: "truncated or corrupt image, no image field, or a bad parameter",
+}.items()}
+_REQUEST_BODY = {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}
+
+
+class ImagePrediction(BaseModel):
+    name: str
+    labels: list[str]  # best first
+    probabilities: list[float]
+
+
+class Predictions(BaseModel):
+    predictions: list[ImagePrediction]  # in upload order
+
+
+def _status(err: ImageDecodeError) -> int:
+    return next((status for reason, status in _STATUS_BY_REASON.items()
+                 if err.reason.startswith(reason)), 422)
+
+
+def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_k: int = 3,
+               batch_size: int = 32) -> FastAPI:
+    """The service around a loaded Predictor; its pixel limit is predictor.max_pixels."""
+    batcher = MicroBatcher(predictor.predict_pixels, batch_size)
+    default_top_k = top_k
+    page = resources.files("imgclass.serve").joinpath("page.html").read_text(encoding="utf-8")
+    decoders = anyio.CapacityLimiter(runtime.usable_cores())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="imgclass", summary=f"Image classifier: {', '.join(predictor.classes)}",
+                  lifespan=lifespan)
+
+    async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+        """The request body, refused with 413 as soon as it passes the limit."""
+        too_large = HTTPException(413, f"request body larger than {max_upload_bytes} bytes "
+                                       "(--max-upload-mb)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_upload_bytes:
+            raise too_large
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_upload_bytes:
+                raise too_large
+            yield chunk
+
+    async def uploads(request: Request) -> list[tuple[str, bytes]]:
+        """(name, bytes) of every image in the request: multipart fields or the raw body."""
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return [("<body>", b"".join([chunk async for chunk in body_chunks(request)]))]
+        parser = MultiPartParser(request.headers, body_chunks(request), max_files=MAX_FILES,
+                                 max_fields=MAX_FILES, max_part_size=max_upload_bytes)
+        try:
+            form = await parser.parse()
+        except MultiPartException as err:
+            raise HTTPException(400, f"malformed multipart body: {err.message}") from err
+        try:
+            images = [(value.filename or field, value) for field, value in form.multi_items()
+                      if field in FIELDS and isinstance(value, UploadFile)]
+            if not images:
+                got = ", ".join(sorted({f for f, _ in form.multi_items()})) or "none"
+                raise HTTPException(422, f"no image field: send images as multipart field "
+                                         f"'file' (or 'files', repeated); fields sent: {got}")
+            return [(name, await value.read()) for name, value in images]
+        finally:
+            await form.close()
+
+    async def classify(name: str, data: bytes, k: int) -> ImagePrediction:
+        try:
+            pixels = await anyio.to_thread.run_sync(predictor.load_pixels, data, name,
+                                                    limiter=decoders)
+        except ImageDecodeError as err:
+            raise HTTPException(_status(err), str(err)) from err
+        labels, probabilities = predictor.top(await batcher(pixels), k)
+        return ImagePrediction(name=name, labels=labels, probabilities=probabilities)
+
+    @app.post("/predict", response_model=Predictions, responses=_ERRORS,
+              openapi_extra={"requestBody": _REQUEST_BODY})
+    async def predict(request: Request, top_k: int | None = Query(
+            None, ge=1, description="labels per image (default: the service's --top-k)")
+            ) -> Predictions:
+        """Top-k labels of one or several images: multipart field 'file' / 'files', or the body."""
+        k = top_k or default_top_k
+        images = await uploads(request)
+        results: list[ImagePrediction | HTTPException | None] = [None] * len(images)
+
+        async def one(index: int, name: str, data: bytes) -> None:
+            try:
+                results[index] = await classify(name, data, k)
+            except HTTPException as err:
+                results[index] = err
+
+        async with anyio.create_task_group() as group:
+            for index, (name, data) in enumerate(images):
+                group.start_soon(one, index, name, data)
+        for result in results:  # the first bad image (in upload order) answers for them all
+            if isinstance(result, HTTPException):
+                raise result
+        return Predictions(predictions=results)  # type: ignore[arg-type]
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Up and ready; how many model calls served how many images."""
+        return {"status": "ok", "model_calls": batcher.batches, "images": batcher.images}
+
+    @app.get("/model")
+    async def model() -> dict:
+        """Classes, input size, normalisation, architecture, metrics of the model served."""
+        return predictor.describe()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        """The web page: drop or pick photos, see each one's top-k labels as bars."""
+        return page
+
+    return app
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000,
+          max_upload_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000, top_k: int = 3,
+          batch_size: int = 32) -> None:
+    """Load MODEL (run directory or .onnx) and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    predictor = Predictor(model, batch_size, max_pixels=max_pixels)
+    app = create_app(predictor, max_upload_bytes=max_upload_bytes, top_k=top_k,
+                     batch_size=batch_size)
+    uvicorn.run(app, host=host, port=port, log_level="info")

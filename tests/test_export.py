@@ -1,0 +1,105 @@
+"""ONNX export: ONNX Runtime gives PyTorch's answers, at any batch size, flip TTA included."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from imgclass import evaluation
+from imgclass.checkpoint import CheckpointError
+from imgclass.cli import main
+from imgclass.data.dataset import load_dataset
+from imgclass.evaluation import predict_proba
+from imgclass.export import OnnxModel, metadata_path, read_metadata
+from imgclass.predict import Predictor
+from tests.conftest import make_class_tree
+
+
+def test_onnx_gives_the_same_answers_as_pytorch(exported_onnx, trained_run, tmp_path):
+    data = make_class_tree(tmp_path / "d", per_class=7, size=40, seed=9)
+    torch_side, onnx_side = Predictor(trained_run), Predictor(exported_onnx)
+    dataset = load_dataset(data, torch_side.meta.image_size, cache_dir=tmp_path / "cache")
+    expected = predict_proba(torch_side.model, dataset.pixels, torch_side.device)
+    for batch_size in (1, 4, 64):  # the batch dimension is dynamic
+        got = OnnxModel(exported_onnx, onnx_side.meta).predict_proba(dataset.pixels, batch_size)
+        assert got.shape == expected.shape
+        assert (got.argmax(1) == expected.argmax(1)).all()
+        assert np.abs(got - expected).max() < 1e-4
+    paths = [data / p for p in dataset.paths]
+    for a, b in zip(torch_side.predict(paths, top_k=3), onnx_side.predict(paths, top_k=3)):
+        assert a.labels == b.labels
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+
+
+def test_metadata_beside_the_model(exported_onnx, trained_run):
+    document = json.loads(metadata_path(exported_onnx).read_text())
+    run_meta = json.loads((trained_run / "model.json").read_text())
+    for key in ("classes", "image_size", "normalisation", "resize", "tta_flip", "architecture"):
+        assert document[key] == run_meta[key]
+    assert document["input"]["shape"] == ["batch", 3, run_meta["image_size"],
+                                          run_meta["image_size"]]
+    assert document["metrics"] == json.loads((trained_run / "metrics.json").read_text())
+    graph = onnx.load(str(exported_onnx)).graph
+    assert [i.name for i in graph.input] == ["pixels"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch
+
+
+def test_flip_tta_is_inside_the_graph(trained_run, tmp_path):
+    """A run whose predictions average the mirror image: the exported graph does too."""
+    run = tmp_path / "tta"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**meta, "tta_flip": True}))
+    out = tmp_path / "out" / "tta.onnx"
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out)[0].tta_flip
+    pixels = np.random.default_rng(3).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    torch_side = Predictor(run)
+    with_flip = predict_proba(torch_side.model, pixels, torch_side.device, tta_flip=True)
+    without = predict_proba(torch_side.model, pixels, torch_side.device)
+    got = Predictor(out).predict_pixels(pixels)
+    assert np.abs(got - with_flip).max() < 1e-4
+    assert np.abs(with_flip - without).max() > 1e-3  # the flip changes something to compare
+
+
+def test_onnx_without_its_metadata_or_broken_is_a_clear_error(exported_onnx, tmp_path):
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(exported_onnx, alone)
+    with pytest.raises(CheckpointError, match=r"alone\.onnx\.json: missing"):
+        Predictor(alone)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(exported_onnx.read_bytes()[:1000])
+    shutil.copy(metadata_path(exported_onnx), metadata_path(broken))
+    with pytest.raises(CheckpointError, match=r"broken\.onnx: not a loadable ONNX model"):
+        Predictor(broken)
+
+
+
+def test_tta_flag_on_export_predict_and_evaluate(trained_run, tmp_path, monkeypatch):
+    """--tta overrides the run's own choice in export, Predictor/predict and evaluate."""
+    assert not json.loads((trained_run / "model.json").read_text())["tta_flip"]
+    out = tmp_path / "tta.onnx"
+    result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--tta"])
+    assert result.exit_code == 0, result.output
+    pixels = np.random.default_rng(4).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    with_flip = Predictor(trained_run, tta=True).predict_pixels(pixels)
+    assert np.abs(Predictor(out).predict_pixels(pixels) - with_flip).max() < 1e-4
+    assert np.abs(Predictor(trained_run).predict_pixels(pixels) - with_flip).max() > 1e-3
+    with pytest.raises(ValueError, match="export again with --no-tta"):
+        Predictor(out, tta=False)
+    asked = []
+
+    def recording(*args, tta_flip=False, **kwargs):
+        asked.append(tta_flip)
+        return predict_proba(*args, tta_flip=tta_flip, **kwargs)
+
+    monkeypatch.setattr(evaluation, "predict_proba", recording)
+    for tta in (None, True, False):
+        evaluation.evaluate(trained_run, out=tmp_path / f"eval-{tta}", tta=tta)
+    assert asked == [False, True, False]

@@ -1,0 +1,150 @@
+"""`imgclass serve` as a real process on a loopback port, called over HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import io
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclass.predict import Predictor
+from tests.conftest import make_class_tree
+from tests.service import multipart, request, running_service
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_class_tree(tmp_path_factory.mktemp("photos"), per_class=4, seed=11)
+
+
+def _expected(model, paths, top_k=2):
+    return [(p.labels, p.probabilities) for p in Predictor(model).predict(paths, top_k=top_k)]
+
+
+def _answers(body):
+    return [(p["labels"], p["probabilities"]) for p in body["predictions"]]
+
+
+def _same(answers, expected):
+    assert [labels for labels, _ in answers] == [labels for labels, _ in expected]
+    for (_, got), (_, want) in zip(answers, expected):
+        assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_health_model_page_and_openapi(served_run, trained_run):
+    assert request(f"{served_run}/health")[1]["status"] == "ok"
+    status, model = request(f"{served_run}/model")
+    meta = Predictor(trained_run).meta
+    assert status == 200 and model["classes"] == meta.classes
+    assert model["image_size"] == meta.image_size and model["backend"] == "pytorch"
+    assert model["metrics"]["best_val_acc"] is not None
+    status, page = request(f"{served_run}/")
+    assert status == 200 and '<input id="files" type="file"' in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    spec = request(f"{served_run}/openapi.json")[1]
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*"} <= set(body)
+
+
+def test_predict_multipart_raw_and_several(served_run, trained_run, photos):
+    paths = sorted(photos.rglob("*.jpg"))[:5]
+    expected = _expected(trained_run, paths)
+    body, headers = multipart([("file", paths[0].name, paths[0].read_bytes())])
+    status, answer = request(f"{served_run}/predict", body, headers)
+    assert status == 200 and answer["predictions"][0]["name"] == paths[0].name
+    _same(_answers(answer), expected[:1])
+
+    status, answer = request(f"{served_run}/predict", paths[1].read_bytes(),
+                             {"Content-Type": "image/jpeg"})
+    assert status == 200
+    _same(_answers(answer), expected[1:2])
+
+    body, headers = multipart([("files", p.name, p.read_bytes()) for p in paths])
+    status, answer = request(f"{served_run}/predict?top_k=3", body, headers)
+    assert status == 200 and [p["name"] for p in answer["predictions"]] == [p.name for p in paths]
+    _same(_answers(answer), _expected(trained_run, paths, top_k=3))
+
+
+def test_sixteen_concurrent_clients_are_batched(served_run, trained_run, photos):
+    paths = sorted(photos.rglob("*.jpg")) * 4
+    before = request(f"{served_run}/health")[1]
+
+    def post(path):
+        return request(f"{served_run}/predict", path.read_bytes(),
+                       {"Content-Type": "application/octet-stream"})
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, paths))
+    assert all(status == 200 for status, _ in answers)
+    _same([_answers(body)[0] for _, body in answers], _expected(trained_run, paths))
+    after = request(f"{served_run}/health")[1]
+    images, calls = after["images"] - before["images"], after["model_calls"] - before["model_calls"]
+    assert images == len(paths) and calls < images  # some model calls took several requests
+
+
+def _png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 120, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_bad_requests_get_clear_4xx_and_the_service_stays_up(served_run, photos):
+    jpeg = next(photos.rglob("*.jpg")).read_bytes()
+    raw = {"Content-Type": "application/octet-stream"}
+    cases = [  # (body, headers, method, path, status, words in the detail)
+        (b"just some text", raw, "POST", "/predict", 415, "not an image"),
+        (jpeg[:len(jpeg) // 3], raw, "POST", "/predict", 422, "truncated"),
+        (b"", raw, "POST", "/predict", 400, "empty"),
+        (*multipart([("photo", "a.jpg", jpeg)]), "POST", "/predict", 422, "no image field"),
+        (*multipart([("file", "empty.jpg", b"")]), "POST", "/predict", 400, "empty.jpg: empty"),
+        (*multipart([("file", "ok.jpg", jpeg), ("file", "text.jpg", b"hello")]), "POST",
+         "/predict", 415, "text.jpg: not an image"),
+        (np.random.default_rng(0).bytes(1_200_000), raw, "POST", "/predict", 413,
+         "larger than 1048576 bytes"),
+        (_png(1001, 1000), raw, "POST", "/predict", 413, "too many pixels (1001 x 1000"),
+        (b"not multipart at all", {"Content-Type": "multipart/form-data; boundary=x"}, "POST",
+         "/predict", 400, "malformed multipart"),
+        (None, {}, "GET", "/predict", 405, "Method Not Allowed"),
+        (jpeg, raw, "PUT", "/predict", 405, "Method Not Allowed"),
+        (jpeg, raw, "POST", "/predict?top_k=0", 422, ""),
+    ]
+    for body, headers, method, path, status, words in cases:
+        got, answer = request(f"{served_run}{path}", body, headers, method)
+        assert got == status, (path, status, answer)
+        assert words in str(answer["detail"]), answer
+    assert request(f"{served_run}/health")[1]["status"] == "ok"
+    status, answer = request(f"{served_run}/predict", jpeg, raw)
+    assert status == 200 and len(answer["predictions"]) == 1
+
+
+def test_chunked_upload_over_the_limit_gets_413(served_run):
+    """No Content-Length to check first: the body is counted as it arrives."""
+    parts = urlsplit(served_run)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    chunks = (b"x" * 65536 for _ in range(24))  # 1.5 MiB against a 1 MiB limit
+    try:
+        connection.request("POST", "/predict", body=chunks, encode_chunked=True,
+                           headers={"Content-Type": "application/octet-stream"})
+        response = connection.getresponse()
+        assert response.status == 413 and b"larger than" in response.read()
+    except (BrokenPipeError, ConnectionResetError):  # the server may answer and close earlier
+        response = connection.getresponse()
+        assert response.status == 413
+    finally:
+        connection.close()
+    assert request(f"{served_run}/health")[1]["status"] == "ok"
+
+
+def test_serve_an_onnx_file(exported_onnx, trained_run, photos, tmp_path):
+    path = next(photos.rglob("*.jpg"))
+    with running_service(exported_onnx, tmp_path) as url:
+        assert request(f"{url}/model")[1]["backend"] == "onnxruntime"
+        status, answer = request(f"{url}/predict?top_k=2", path.read_bytes())
+    assert status == 200
+    labels, probabilities = _answers(answer)[0]
+    [(want_labels, want_probabilities)] = _expected(trained_run, [path])
+    assert labels == want_labels and probabilities == pytest.approx(want_probabilities, abs=1e-4)
