@@ -47,14 +47,14 @@ def main() -> None:
                           **VARIANTS[variant])
     print(f"\nflowers5, seed recipe, seeds {args.seeds}; runs in {out}")
     print(f"{'variant':<10}{'options':<44}{'val acc':>18}{'val macro-F1':>18}"
-          f"{'restored epoch':>18}{'train time (s)':>20}")
+          f"{'restored epoch':>18}{'train time (s)':>22}")
     for variant in args.variants:
         metrics = [read_run(out / f"{variant}-{seed}")[1] for seed in args.seeds]
         print(f"{variant:<10}{describe(VARIANTS[variant]):<44}"
               f"{mean_std([m['val_accuracy'] for m in metrics]):>18}"
               f"{mean_std([m['val_macro_f1'] for m in metrics]):>18}"
               f"{mean_std([m['restored_epoch'] for m in metrics]):>18}"
-              f"{mean_std([m['train_seconds'] for m in metrics]):>20}")
+              f"{mean_std([m['train_seconds'] for m in metrics]):>22}")
 
 
 if __name__ == "__main__":
