@@ -9,27 +9,42 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from imgclass import atomic
 
-from imgclass import atomic  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def _png(fig: plt.Figure, dpi: int = 120) -> bytes:
+def _pyplot():
+    """pyplot on the Agg backend (files only, no display), imported on first use: ~30 MB that
+    a training run needs only once it has finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _subplots(*args, **kwargs):
+    return _pyplot().subplots(*args, **kwargs)
+
+
+def _png(fig: Figure, dpi: int = 120) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
 def plot_curves(epochs: Sequence[int], series: dict[str, Sequence[float]], restored_epoch: int,
                 path: str | os.PathLike) -> None:
     """Accuracy and loss, training vs validation, with the epoch early stopping restored."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
     for ax, metric, title in ((axes[0], "acc", "Accuracy"), (axes[1], "loss", "Loss")):
         ax.plot(epochs, series[f"train_{metric}"], "o-", label="training")
         ax.plot(epochs, series[f"val_{metric}"], "o-", label="validation")
@@ -47,7 +62,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     matrix = np.asarray(matrix)
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     side = max(4.0, 0.6 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig, ax = _subplots(figsize=(side + 1, side))
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="share of the true class")
     ticks = np.arange(len(classes))
@@ -62,7 +77,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
 
 def class_counts_figure(classes: Sequence[str], counts: dict[str, Sequence[int]]) -> bytes:
     """Images per class, one stacked bar per class: counts maps a part (training, ...) to counts."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(classes) + 2), 3.5))
+    fig, ax = _subplots(figsize=(max(5.0, 0.5 * len(classes) + 2), 3.5))
     bottom = np.zeros(len(classes))
     for part, values in counts.items():
         ax.bar(range(len(classes)), values, bottom=bottom, label=part)
@@ -81,7 +96,7 @@ def reliability_figure(confidence: Sequence[float], accuracy: Sequence[float],
     edges = np.asarray(edges)
     centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     filled = np.asarray(count) > 0
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True,
+    fig, (top, bottom) = _subplots(2, 1, figsize=(5, 5.5), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1]})
     top.bar(centres[filled], np.asarray(accuracy)[filled], width=width[filled], edgecolor="black",
             alpha=0.7, label="accuracy in the bin")
@@ -99,7 +114,7 @@ def reliability_figure(confidence: Sequence[float], accuracy: Sequence[float],
 def plot_trials(trials: Sequence[int], values: Sequence[float], name: str,
                 path: str | os.PathLike) -> None:
     """A tuning history: each completed trial's objective and the best so far (lower is better)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     ax.plot(trials, values, "o", label="trial")
     ax.plot(trials, np.minimum.accumulate(values), "-", label="best so far")
     ax.set_xlabel("trial")
@@ -112,7 +127,7 @@ def plot_trials(trials: Sequence[int], values: Sequence[float], name: str,
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
                  suggested: float, path: str | os.PathLike) -> None:
     """The learning-rate range test: loss against learning rate (log scale), the suggestion."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     ax.plot(lrs, losses, alpha=0.3, label="loss")
     ax.plot(lrs, smoothed, label="smoothed loss")
     ax.axvline(suggested, color="grey", linestyle="--", label=f"suggested {suggested:.2g}")

@@ -555,9 +555,10 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
     if on_device:
         train_data, val_data = train_data.to(device.torch_device), val_data.to(device.torch_device)
-    log.info("training on %d images, validating on %d; %s, %s, %d threads, %d processes; "
-             "images %s", len(split.train), len(split.val), device.torch_device,
-             device.precision, torch.get_num_threads(), ranks.world_size,
+    processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
+    log.info("training on %d images, validating on %d; %s, %s, %d threads%s; images %s",
+             len(split.train), len(split.val), device.torch_device, device.precision,
+             torch.get_num_threads(), processes,
              f"kept on {device.torch_device}" if on_device else "streamed from host memory")
     with tensorboard(run_dir) if ranks.is_main else contextlib.nullcontext() as on_epoch:
         fitted = fit(model, train_data, val_data, config, device, len(dataset.classes),

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 from imgclass.config import AugmentConfig
 from imgclass.data.batches import Batch, to_float
@@ -68,6 +67,8 @@ _WIDE_OPS: dict[str, tuple[float, bool]] = {
 
 def _wide_op(image: torch.Tensor, op: str, m: float) -> torch.Tensor:
     """One TrivialAugment op on a (3, H, W) uint8 image through torchvision's functionals."""
+    import torchvision.transforms.v2.functional as TF  # only when asked for: ~160 MB imported
+
     if op in ("shear_x", "shear_y"):
         shear = [math.degrees(math.atan(m)), 0.0][:: 1 if op == "shear_x" else -1]
         return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, center=[0, 0])

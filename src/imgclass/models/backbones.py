@@ -14,12 +14,15 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def _weights(name: str) -> torchvision.models.WeightsEnum:
+def _weights(name: str) -> WeightsEnum:
     """torchvision's default ImageNet weights entry: input size, normalisation, download URL."""
+    import torchvision  # here, not at the top: ~160 MB of memory that the other models never use
+
     return torchvision.models.get_model_weights(name).DEFAULT
 
 
@@ -56,6 +61,8 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 class Backbone(nn.Module):
     def __init__(self, name: str, num_classes: int, dropout: float | None = None):
         super().__init__()
+        import torchvision
+
         self.spec = BACKBONES[name]
         self.net = torchvision.models.get_model(name, weights=None)
         last = self.net.get_submodule(self.spec.head)
