@@ -101,12 +101,20 @@ def write_metrics(metrics: ClassificationMetrics, folder: Path, prefix: str = ""
     plot_confusion(np.array(metrics.confusion), metrics.classes, folder / f"{prefix}confusion.png")
 
 
-def _validation_subset(run: Path, dataset: Dataset) -> np.ndarray:
+def validation_set(run: Path, image_size: int, classes: list[str],
+                   cache_dir: str | os.PathLike | None = None) -> tuple[Dataset, np.ndarray]:
+    """A run's data loaded again (through the cache) and the indices of its validation split in
+    it; files missing or changed since training are left out (logged)."""
+    config = json.loads((run / "config.json").read_text())
+    dataset = load_dataset(config["data_dir"], image_size, cache_dir)
+    if dataset.classes != classes:
+        raise DataError(f"{dataset.root}: classes changed since training "
+                        f"({dataset.classes} vs {classes})")
     split, changed = saved_split(run / "split.json", dataset)
     if changed:
         log.warning("%d validation or training files of %s are missing or changed since "
                     "training: left out", len(changed), dataset.root)
-    return split.val
+    return dataset, split.val
 
 
 def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
@@ -123,13 +131,8 @@ def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
     loaded = load_model(run)
     classes = loaded.meta.classes
     if data_dir is None:
-        config = json.loads((run / "config.json").read_text())
-        dataset = load_dataset(config["data_dir"], loaded.meta.image_size, cache_dir)
-        subset = _validation_subset(run, dataset)
+        dataset, subset = validation_set(run, loaded.meta.image_size, classes, cache_dir)
         pixels, labels = dataset.pixels[subset], dataset.labels[subset]
-        if dataset.classes != classes:
-            raise DataError(f"{dataset.root}: classes changed since training "
-                            f"({dataset.classes} vs {classes})")
         folder = Path(out) if out else run
     else:
         dataset = load_dataset(data_dir, loaded.meta.image_size, cache_dir)

@@ -1,7 +1,7 @@
 """A run's validation probabilities, kept for the report: `val_predictions.csv`, and calibration.
 
 train writes the file at its end; for older runs `predict_validation` recomputes it from the model
-through `Predictor` (the validation preprocessing exactly), decoding the files of split.json.
+on the validation split as `evaluate` loads it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from imgclass import atomic
-from imgclass.data.images import ImageDecodeError
-from imgclass.data.scan import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -93,38 +91,24 @@ def data_folder(config: dict) -> tuple[Path, str | None]:
 
 
 def predict_validation(run_dir: Path) -> ValPredictions:
-    """The model's probabilities for the validation files of split.json, decoded afresh.
+    """The model's probabilities for the validation files of split.json, as `evaluate` computes
+    them (the data loaded again through the cache, the validation preprocessing exactly).
 
     Files missing or changed since training are left out (logged); FileNotFoundError when the
     data folder is gone.
     """
-    from imgclass.predict import Predictor  # loads the model: only when the CSV is absent
+    from imgclass.checkpoint import load_model  # loads the model: only when the CSV is absent
+    from imgclass.evaluation import predict_proba, validation_set
+    from imgclass.runtime import Device
 
     config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    root, gone = data_folder(config)
+    _, gone = data_folder(config)
     if gone:
         raise FileNotFoundError(gone)
-    predictor = Predictor(run_dir)
-    classes = predictor.classes
-    paths, labels, pixels, left_out = [], [], [], []
-    for entry in json.loads((run_dir / "split.json").read_text(encoding="utf-8"))["val"]:
-        path = root / entry["path"]
-        try:
-            changed = file_sha256(path) != entry["sha256"]
-            if not changed:
-                pixels.append(predictor.load_pixels(path))
-        except (OSError, ImageDecodeError) as err:
-            left_out.append(f"{entry['path']}: {getattr(err, 'reason', err)}")
-            continue
-        if changed:
-            left_out.append(f"{entry['path']}: changed since training")
-            continue
-        paths.append(entry["path"])
-        labels.append(classes.index(entry["label"]))
-    if left_out:
-        log.warning("%d validation files left out of the report: %s", len(left_out),
-                    "; ".join(left_out[:3]))
-    size = predictor.meta.image_size
-    stacked = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
-    return ValPredictions(classes, paths, np.array(labels, dtype=np.int64),
-                          predictor.predict_pixels(stacked).astype(np.float64))
+    loaded = load_model(run_dir)
+    classes = loaded.meta.classes
+    dataset, subset = validation_set(run_dir, loaded.meta.image_size, classes)
+    probabilities = predict_proba(loaded.model, dataset.pixels[subset], Device.select(),
+                                  tta_flip=loaded.meta.tta_flip)
+    return ValPredictions(classes, [dataset.paths[i] for i in subset], dataset.labels[subset],
+                          probabilities.astype(np.float64))
