@@ -12,12 +12,19 @@ WARMUP_START = 1 / 25  # warm-up starts at lr x this (OneCycleLR's default div_f
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimiser, with its fused kernel where the parameters live on a CPU or GPU.
+
+    Fused means one pass over each parameter per step instead of one per arithmetic operation:
+    with the seed CNN's 8.8 M parameters on 2 CPU cores, Adam's step takes ~10 ms instead of
+    ~35 ms and SGD's ~8 ms instead of ~55 ms (docs/performance.md), the same update.
+    """
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.step_lr, momentum=config.momentum,
-                               nesterov=True, weight_decay=config.weight_decay)
+                               nesterov=True, weight_decay=config.weight_decay, fused=fused)
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return adam(model.parameters(), lr=config.step_lr, eps=config.adam_eps,
-                weight_decay=config.weight_decay)
+                weight_decay=config.weight_decay, fused=fused)
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
