@@ -2,6 +2,9 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from imgclass.data.scan import DataError
 from imgclass.evaluation import classification_metrics, evaluate
@@ -19,6 +22,23 @@ def test_metrics_on_a_known_case():
     assert m.per_class["b"]["f1"] == pytest.approx(0.8)
     assert m.per_class["c"]["f1"] == 0
     assert m.macro_f1 == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # labels= is given
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.integers(1, 7), st.integers(1, 60), st.integers(0, 2**31))
+def test_metrics_are_scikit_learns(n_classes, n, seed):
+    """The numpy definitions give scikit-learn's numbers, classes absent or never predicted too."""
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = rng.integers(0, n_classes, n), rng.integers(0, n_classes, n)
+    labels = list(range(n_classes))
+    m = classification_metrics(y_true, y_pred, [str(c) for c in labels])
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    assert m.confusion == confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    for c in labels:
+        assert m.per_class[str(c)] == {"precision": precision[c], "recall": recall[c],
+                                       "f1": f1[c], "support": support[c]}
 
 
 def test_evaluate_defaults_to_the_runs_validation_split(trained_run):

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.model_selection import train_test_split
 
 from imgclass.data.scan import DataError
-from imgclass.data.split import stratified_split
+from imgclass.data.split import _stratified_sample, stratified_split
 
 
 def test_split_is_stratified_disjoint_and_complete():
@@ -28,6 +29,27 @@ def test_one_class_or_single_image_class_is_a_clear_error():
         stratified_split(np.zeros(10, dtype=np.int64), 0.2, 0)
     with pytest.raises(DataError, match="at least 2 images"):
         stratified_split(np.array([0, 0, 0, 1]), 0.2, 0)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.integers(2, 60), min_size=2, max_size=8), st.floats(0.05, 0.6),
+       st.integers(0, 2**32 - 1), st.randoms(use_true_random=False))
+def test_the_sample_is_scikit_learns_draw_for_draw(counts, fraction, seed, shuffle):
+    """Splits made with scikit-learn's train_test_split stay the same (earlier runs' split.json,
+    the figures in docs/), whatever scikit-learn is installed."""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    shuffle.shuffle(labels)  # classes interleaved, as files come
+    n_val = max(round(fraction * len(labels)), len(counts))
+    if len(labels) - n_val < len(counts):
+        return
+    _, expected = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels,
+                                   random_state=seed)
+    assert np.array_equal(np.sort(_stratified_sample(labels, n_val, seed)), np.sort(expected))
+
+
+def test_a_validation_share_that_leaves_too_few_training_images_is_a_clear_error():
+    with pytest.raises(DataError, match="fewer training images than the 3 classes"):
+        stratified_split(np.repeat([0, 1, 2], 2), 0.9, 0)
 
 
 def _shares_are_within_one_image(keys_labels: np.ndarray, val_keys: np.ndarray) -> None:

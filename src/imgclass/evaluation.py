@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from imgclass import atomic
@@ -38,11 +37,26 @@ class ClassificationMetrics:
         return asdict(self)
 
 
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is (scikit-learn's zero_division=0)."""
+    out = np.zeros(len(numerator))
+    return np.divide(numerator, denominator, out=out, where=denominator > 0)
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
                            classes: list[str]) -> ClassificationMetrics:
-    labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    """The metrics of labels in range(len(classes)).
+
+    The definitions are scikit-learn's (precision_recall_fscore_support with zero_division=0,
+    confusion_matrix), computed from the confusion matrix with numpy: scikit-learn's import
+    would add ~75 MB to every training process (tests/test_evaluation.py compares the two).
+    """
+    n = len(classes)
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    hits, predicted, support = np.diag(confusion), confusion.sum(0), confusion.sum(1)
+    precision, recall = _ratio(hits, predicted), _ratio(hits, support)
+    f1 = _ratio(2 * hits, predicted + support)
     per_class = {
         name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for name, p, r, f, s in zip(classes, precision, recall, f1, support)
@@ -53,7 +67,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
         accuracy=float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
         per_class=per_class,
-        confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        confusion=confusion.tolist(),
         count=len(y_true),
     )
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from imgclass.data.dataset import Dataset
 from imgclass.data.scan import DataError
@@ -24,6 +23,39 @@ from imgclass.runtime import stream_seed
 class Split:
     train: np.ndarray  # indices into the decodable images, sorted
     val: np.ndarray
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `draws` each class gets: its share rounded down, the rest to the largest
+    remainders, ties broken at random (scikit-learn's utils.extmath._approximate_mode)."""
+    continuous = counts / counts.sum() * draws
+    taken = np.floor(continuous)
+    need = int(draws - taken.sum())
+    remainder = continuous - taken
+    for value in np.sort(np.unique(remainder))[::-1]:
+        if need <= 0:
+            break
+        (tied,) = np.where(remainder == value)
+        add = min(len(tied), need)
+        taken[rng.choice(tied, size=add, replace=False)] += 1
+        need -= add
+    return taken.astype(int)
+
+
+def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n indices of labels, each class in proportion: the validation side of scikit-learn's
+    train_test_split(test_size=n, stratify=labels, random_state=seed), draw for draw.
+
+    Kept here so that a seed gives the same split whatever scikit-learn is installed (and its
+    ~75 MB import stays out of training); tests/test_split.py compares the two.
+    """
+    rng = np.random.RandomState(seed)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    n_train = _approximate_mode(counts, len(labels) - n, rng)
+    n_val = _approximate_mode(counts - n_train, n, rng)
+    return np.concatenate([m.take(rng.permutation(len(m)))[k:k + v]
+                           for m, k, v in zip(members, n_train, n_val)])
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
@@ -57,9 +89,10 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         raise DataError(f"every class needs at least 2 images{copies} (one for training, one "
                         f"for validation); the smallest has {present.min()}")
     n_val = max(round(val_fraction * len(first)), len(present))  # at least one per class
-    _, val_groups = train_test_split(np.arange(len(first)), test_size=n_val,
-                                     stratify=group_labels,
-                                     random_state=stream_seed(seed, "split") % 2**32)
+    if len(first) - n_val < len(present):
+        raise DataError(f"a validation share of {val_fraction} of {len(first)} images leaves "
+                        f"fewer training images than the {len(present)} classes")
+    val_groups = _stratified_sample(group_labels, n_val, stream_seed(seed, "split") % 2**32)
     in_val = np.isin(group_of, val_groups)
     return Split(np.flatnonzero(~in_val), np.flatnonzero(in_val))
 
