@@ -40,8 +40,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for run in args.runs:
             onnx_file = export_onnx(run, Path(tmp) / f"{run.name}.onnx")
-            predictors = {"pytorch": Predictor(run), "onnxruntime": Predictor(onnx_file),
-                          "pytorch, 1 decoding thread": Predictor(run, workers=1)}
+            predictors = {"pytorch": Predictor(run, backend="pytorch"),
+                          "onnxruntime": Predictor(onnx_file),
+                          "pytorch, 1 decoding thread": Predictor(run, workers=1,
+                                                                  backend="pytorch")}
             batch = np.stack([predictors["pytorch"].load_pixels(f) for f in files[:512]])
             for predictor in predictors.values():  # warm-up
                 predictor.predict_pixels(batch[:64])

@@ -7,7 +7,8 @@ back to back for --seconds or --requests, whichever ends first. Every answer mus
 prediction; anything else counts as an error. The service's /health tells how many model calls
 the images took (micro-batching).
 
-    python bench/serve_load.py MODEL [--data DIR] [--clients 1 4 16] [--seconds 10] [--reps 2]
+    python bench/serve_load.py MODEL [--backend auto|pytorch|onnx] [--data DIR] [--clients 1 4 16]
+        [--seconds 10] [--reps 2]
 """
 
 from __future__ import annotations
@@ -87,17 +88,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="most per level and rep")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--photos", type=int, default=256, help="distinct photos sent")
+    parser.add_argument("--backend", choices=["auto", "pytorch", "onnx"], default="auto",
+                        help="the service's engine for a run directory")
     args = parser.parse_args()
     files = sorted(p for p in args.data.rglob("*") if p.is_file())
     photos = [p.read_bytes() for p in files[::max(1, len(files) // args.photos)][:args.photos]]
     results: dict[int, list[dict]] = {n: [] for n in args.clients}
-    with tempfile.TemporaryDirectory() as tmp, running_service(args.model, Path(tmp)) as url:
+    with tempfile.TemporaryDirectory() as tmp, running_service(args.model, Path(tmp), "--backend",
+                                                       args.backend) as url:
         load(url, photos, 4, 2, 200)  # warm-up
         for _ in range(args.reps):
             for clients in args.clients:
                 results[clients].append(load(url, photos, clients, args.seconds, args.requests))
-    print(f"imgclass serve {args.model}, {len(photos)} flowers5 photos (JPEG bodies), loopback; "
-          f"median of {args.reps} interleaved runs of <= {args.seconds:g} s [min-max]")
+    print(f"imgclass serve {args.model} --backend {args.backend}, {len(photos)} flowers5 photos "
+          f"(JPEG bodies), loopback; median of {args.reps} interleaved runs of "
+          f"<= {args.seconds:g} s [min-max]")
     print(f"{'clients':>7} {'requests/s':>18} {'p50 ms':>18} {'p99 ms':>18} "
           f"{'images/model call':>18} {'requests':>9} {'errors':>7}")
     for clients, runs in results.items():

@@ -1,9 +1,13 @@
 """Reference-model throughput: imgclass's default path against plain eager fp32 PyTorch.
 
 Training images/s at batch 32 and 128, inference latency at batch 1 (p50/p99) and images/s at
-batch 256, for the seed CNN at 64x64 with 6 classes. Each configuration runs in its own fresh
-process (the allocator setting is process-wide), and the processes are interleaved repetition by
-repetition so that a noisy neighbour hits every configuration alike. Keras/TensorFlow is measured
+batch 256, for the seed CNN at 64x64 with 6 classes. imgclass trains with its default path
+(channels_last, the allocator setting, threads = cores, bf16 where native, fused optimiser) and
+predicts with `Predictor`'s default backend on a run exported as `train` exports it (ONNX Runtime
+on CPUs without native bf16); inference goes from uint8 pixels to probabilities on both sides.
+Each configuration runs in its own fresh process (the allocator setting is process-wide), and the
+processes are interleaved repetition by repetition so that a noisy neighbour hits every
+configuration alike. Keras/TensorFlow is measured
 too when it is importable (an optional baseline, never a dependency).
 
     python bench/throughput.py [--reps 3] [--seconds 6] [--keras-python PYTHON]
@@ -52,7 +56,25 @@ def _latencies(call, seconds: float) -> tuple[float, float]:
     return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
+def _default_predictor(directory: str):
+    """imgclass's own inference path: the seed CNN saved as a run, exported as `train` does,
+    loaded by Predictor with its default backend."""
+    from imgclass.checkpoint import ModelMeta, save_model
+    from imgclass.export import export_onnx
+    from imgclass.models import build_model
+    from imgclass.predict import Predictor
+
+    model = build_model("seed_cnn", 6, 64)
+    save_model(directory, model, ModelMeta.describe(model, [f"class{i}" for i in range(6)], 64,
+                                                    "seed_cnn"))
+    export_onnx(directory)
+    return Predictor(directory, batch_size=256)
+
+
 def worker_torch(config: str, seconds: float) -> dict:
+    import tempfile
+
+    import numpy as np
     import torch
 
     fast = config == "imgclass"
@@ -61,14 +83,17 @@ def worker_torch(config: str, seconds: float) -> dict:
 
         runtime.configure()
         device = runtime.Device.select()
+    from imgclass.config import build_config
     from imgclass.models import build_model
+    from imgclass.optim import build_optimizer
 
     layout = torch.channels_last if fast else torch.contiguous_format
     autocast = device.autocast if fast else __import__("contextlib").nullcontext
     results = {}
     for batch in (32, 128):
         model = build_model("seed_cnn", 6, 64).to(memory_format=layout).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+        optimizer = (build_optimizer(model, build_config("seed")) if fast
+                     else torch.optim.Adam(model.parameters(), lr=5e-4))
         x = torch.rand(batch, 3, 64, 64).contiguous(memory_format=layout)
         y = torch.randint(0, 6, (batch,))
 
@@ -80,17 +105,25 @@ def worker_torch(config: str, seconds: float) -> dict:
             optimizer.step()
 
         results[f"train_b{batch}"] = _timed(step, batch, seconds)
-    model = build_model("seed_cnn", 6, 64).to(memory_format=layout).eval()
 
-    def infer(x):
-        with torch.inference_mode(), autocast():
-            return model(x)
+    # inference from decoded uint8 pixels to probabilities
+    rng = np.random.default_rng(0)
+    one, big = (rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (1, 256))
+    with tempfile.TemporaryDirectory() as directory:
+        if fast:
+            predictor = _default_predictor(directory)
+            predict, results["engine"] = predictor.predict_pixels, predictor.backend
+        else:
+            model = build_model("seed_cnn", 6, 64).eval()
 
-    one = torch.rand(1, 3, 64, 64).contiguous(memory_format=layout)
-    results["infer_b1_p50_ms"], results["infer_b1_p99_ms"] = _latencies(lambda: infer(one),
-                                                                        seconds)
-    big = torch.rand(256, 3, 64, 64).contiguous(memory_format=layout)
-    results["infer_b256"] = _timed(lambda: infer(big), 256, seconds)
+            def predict(pixels):
+                with torch.inference_mode():
+                    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+                    return torch.softmax(model(x), 1).numpy()
+
+        results["infer_b1_p50_ms"], results["infer_b1_p99_ms"] = _latencies(
+            lambda: predict(one), seconds)
+        results["infer_b256"] = _timed(lambda: predict(big), 256, seconds)
     results["threads"] = torch.get_num_threads()
     return results
 
@@ -175,7 +208,8 @@ def main() -> None:
                 ratio = 1 / ratio  # lower latency is better: show the speed-up
             row += f"{ratio:>21.2f}x"
         print(row)
-    print(f"threads: {runs['imgclass'][0]['threads']}")
+    print(f"threads: {runs['imgclass'][0]['threads']}; imgclass inference: "
+          f"{runs['imgclass'][0]['engine']} (Predictor's default backend for a trained run)")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 STARTUP_SECONDS = 120  # torch and the model load first; CI machines are slow and shared
 
@@ -57,13 +57,22 @@ def running_service(model: Path, folder: Path, *options: str) -> Iterator[str]:
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None,
             method: str | None = None) -> tuple[int, dict | str]:
-    """(status, JSON body or text) of one HTTP request; 4xx and 5xx answers are returned too."""
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    """(status, JSON body or text) of one HTTP request; 4xx and 5xx answers are returned too.
+
+    A server may answer (413) and close before a large body is sent whole: the answer is still
+    read after the broken pipe.
+    """
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            status, body, kind = response.status, response.read(), response.headers
-    except urllib.error.HTTPError as err:
-        status, body, kind = err.code, err.read(), err.headers
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.request(method or ("GET" if data is None else "POST"),
+                               f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}",
+                               body=data, headers=headers or {})
+        response = connection.getresponse()
+        status, body, kind = response.status, response.read(), response.headers
+    finally:
+        connection.close()
     if kind.get_content_type() == "application/json":
         return status, json.loads(body)
     return status, body.decode()

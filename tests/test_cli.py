@@ -53,7 +53,7 @@ def test_train_evaluate_predict_through_the_cli(tmp_path):
     assert result.exit_code == 0 and "macro-F1" in result.output and "confusion" in result.output
 
     result = run_cli("predict", run, data / "red", "--top-k", "2", "--format", "jsonl")
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 8 and all(len(r["labels"]) == 2 for r in rows)
 
 

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
-from imgclass import evaluation
-from imgclass.checkpoint import CheckpointError
+from imgclass import evaluation, export
+from imgclass.checkpoint import CheckpointError, load_model, save_model, weights_digest
 from imgclass.cli import main
 from imgclass.data.dataset import load_dataset
 from imgclass.evaluation import predict_proba
-from imgclass.export import OnnxModel, metadata_path, read_metadata
+from imgclass.export import OnnxModel, export_onnx, metadata_path, read_metadata
 from imgclass.predict import Predictor
+from imgclass.runtime import Device
+from imgclass.training import train
 from tests.conftest import make_class_tree
 
 
 def test_onnx_gives_the_same_answers_as_pytorch(exported_onnx, trained_run, tmp_path):
     data = make_class_tree(tmp_path / "d", per_class=7, size=40, seed=9)
-    torch_side, onnx_side = Predictor(trained_run), Predictor(exported_onnx)
+    torch_side = Predictor(trained_run, backend="pytorch")
+    onnx_side = Predictor(exported_onnx)
     dataset = load_dataset(data, torch_side.meta.image_size, cache_dir=tmp_path / "cache")
     expected = predict_proba(torch_side.model, dataset.pixels, torch_side.device)
     for batch_size in (1, 4, 64):  # the batch dimension is dynamic
@@ -60,7 +65,7 @@ def test_flip_tta_is_inside_the_graph(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert read_metadata(out)[0].tta_flip
     pixels = np.random.default_rng(3).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
-    torch_side = Predictor(run)
+    torch_side = Predictor(run, backend="pytorch")
     with_flip = predict_proba(torch_side.model, pixels, torch_side.device, tta_flip=True)
     without = predict_proba(torch_side.model, pixels, torch_side.device)
     got = Predictor(out).predict_pixels(pixels)
@@ -103,3 +108,77 @@ def test_tta_flag_on_export_predict_and_evaluate(trained_run, tmp_path, monkeypa
     for tta in (None, True, False):
         evaluation.evaluate(trained_run, out=tmp_path / f"eval-{tta}", tta=tta)
     assert asked == [False, True, False]
+
+
+def _auto_backend() -> str:
+    """What backend="auto" picks for a run with a current export on this machine."""
+    device = Device.select()
+    fp32_cpu = device.torch_device.type == "cpu" and device.amp is None
+    return "onnxruntime" if fp32_cpu else "pytorch"
+
+
+def test_train_exports_and_predictor_picks_the_export_on_an_fp32_cpu(trained_run, tmp_path):
+    """train writes RUN/model.onnx for the weights it saved; auto runs it where it is faster."""
+    document = json.loads(metadata_path(trained_run / "model.onnx").read_text())
+    assert document["weights_sha256"] == weights_digest(trained_run) is not None
+    assert Predictor(trained_run).backend == _auto_backend()
+    onnx_side = Predictor(trained_run, backend="onnx")
+    torch_side = Predictor(trained_run, backend="pytorch")
+    assert (onnx_side.backend, torch_side.backend) == ("onnxruntime", "pytorch")
+    assert onnx_side.metrics == torch_side.metrics is not None
+    pixels = np.random.default_rng(5).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
+    assert np.abs(onnx_side.predict_pixels(pixels) - torch_side.predict_pixels(pixels)).max() < 1e-4
+    with pytest.raises(ValueError, match="unknown backend 'tf'"):
+        Predictor(trained_run, backend="tf")
+    with pytest.raises(ValueError, match="runs in ONNX Runtime"):
+        Predictor(trained_run / "model.onnx", backend="pytorch")
+
+
+def test_an_export_of_other_weights_is_never_used(trained_run, tmp_path, caplog):
+    """Weights saved again after the export (a run trained again into its folder): the stale
+    model.onnx is left alone by auto (with a warning) and refused by backend="onnx"."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    loaded = load_model(run)
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(0.5)
+    save_model(run, loaded.model, loaded.meta)
+    with caplog.at_level(logging.WARNING, logger="imgclass"):
+        predictor = Predictor(run)
+    assert predictor.backend == "pytorch"
+    assert "exported from other weights" in caplog.text
+    with pytest.raises(ValueError, match=r"no current model\.onnx .*imgclass export"):
+        Predictor(run, backend="onnx")
+    export_onnx(run)  # exported again: current, and it answers like the new weights
+    assert Predictor(run).backend == _auto_backend()
+    pixels = np.random.default_rng(6).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    expected = Predictor(run, backend="pytorch").predict_pixels(pixels)
+    assert np.abs(Predictor(run, backend="onnx").predict_pixels(pixels) - expected).max() < 1e-4
+
+
+def test_predictor_asked_for_another_tta_than_the_export_runs_pytorch(trained_run):
+    """The export has the run's TTA setting in its graph: tta=True needs PyTorch (or export
+    --tta), and backend="onnx" says so."""
+    assert Predictor(trained_run, tta=True).backend == "pytorch"
+    with pytest.raises(ValueError, match="--tta"):
+        Predictor(trained_run, tta=True, backend="onnx")
+
+
+def test_no_export_and_a_failed_export_leave_a_working_run(tmp_path, monkeypatch, caplog):
+    data = make_class_tree(tmp_path / "d", per_class=6)
+    plain = train(data, tmp_path / "plain", cache_dir=tmp_path / "c", image_size=16, epochs=1,
+                  batch_size=8, export=False)
+    assert not (plain.run_dir / "model.onnx").exists()
+    assert Predictor(plain.run_dir).backend == "pytorch"
+
+    def failing(run, *args, **kwargs):
+        raise RuntimeError("exporter says no")
+
+    monkeypatch.setattr(export, "export_onnx", failing)
+    with caplog.at_level(logging.WARNING, logger="imgclass"):
+        failed = train(data, tmp_path / "failed", cache_dir=tmp_path / "c", image_size=16,
+                       epochs=1, batch_size=8)
+    assert "model.onnx not written (exporter says no)" in caplog.text
+    assert (failed.run_dir / "metrics.json").is_file()
+    assert not (failed.run_dir / "model.onnx").exists()
+    assert Predictor(failed.run_dir).predict([data / "red"])[0].label in failed.classes

@@ -42,7 +42,7 @@ def test_predict_files_and_folders_with_top_k(trained_run, tmp_path):
 def test_predict_probabilities_match_the_evaluation_path(trained_run, tmp_path):
     data = make_class_tree(tmp_path / "d", per_class=2, seed=6)
     dataset = load_dataset(data, 16, cache_dir=tmp_path / "cache")
-    predictor = Predictor(trained_run)
+    predictor = Predictor(trained_run, backend="pytorch")
     results = predictor.predict([data / p for p in dataset.paths], top_k=3)
     expected = predict_proba(predictor.model, dataset.pixels, predictor.device)
     for result, row in zip(results, expected):

@@ -132,17 +132,39 @@ def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> 
     atomic.write_json(folder / METADATA, asdict(meta))
 
 
-def load_model(run: str | os.PathLike) -> LoadedModel:
-    """The model of a run directory (or a folder holding model.safetensors + model.json)."""
-    folder = Path(run)
+def _model_files(folder: Path) -> tuple[Path, Path]:
     weights, meta_file = folder / WEIGHTS, folder / METADATA
     for path in (weights, meta_file):
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (is {folder} a finished imgclass run?)")
+    return weights, meta_file
+
+
+def read_meta(run: str | os.PathLike) -> ModelMeta:
+    """The ModelMeta of a run directory, without loading its weights."""
+    _, meta_file = _model_files(Path(run))
     try:
-        meta = ModelMeta(**json.loads(meta_file.read_text()))
+        return ModelMeta(**json.loads(meta_file.read_text()))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{meta_file}: unreadable model metadata ({err})") from err
+
+
+def weights_digest(run: str | os.PathLike) -> str | None:
+    """The sha256 recorded in a run's model.safetensors (None for older runs without one)."""
+    weights, _ = _model_files(Path(run))
+    try:
+        with safe_open(weights, framework="pt") as f:
+            return (f.metadata() or {}).get("sha256")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{weights}: truncated or not a safetensors file "
+                              f"({str(err).splitlines()[0]})") from err
+
+
+def load_model(run: str | os.PathLike) -> LoadedModel:
+    """The model of a run directory (or a folder holding model.safetensors + model.json)."""
+    folder = Path(run)
+    weights, meta_file = _model_files(folder)
+    meta = read_meta(folder)
     try:
         model = build_model(meta.architecture, len(meta.classes), meta.image_size)
     except ValueError as err:

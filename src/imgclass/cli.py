@@ -163,9 +163,13 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last completed epoch, with its own "
-                   "recipe, options and data (give no other option but --cache-dir).")
+                   "recipe, options and data (give no other option but --cache-dir and "
+                   "--no-export).")
+@click.option("--export/--no-export", default=True, show_default=True,
+              help="Write RUN/model.onnx at the end: predict and serve run it in ONNX Runtime "
+                   "on CPUs without native bf16 (about 2x faster there).")
 def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir: Path | None,
-          overwrite: bool, resume: Path | None, **overrides) -> None:
+          overwrite: bool, resume: Path | None, export: bool, **overrides) -> None:
     """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits).
 
     Ctrl-C ends the run at its last completed epoch (exit code 130); --resume continues it.
@@ -177,7 +181,7 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
         overrides["augment"] = augment
     try:
         result = run_train(data_dir, out, recipe=recipe, cache_dir=cache_dir, progress=True,
-                           overwrite=overwrite, resume=resume, **overrides)
+                           overwrite=overwrite, resume=resume, export=export, **overrides)
     except KeyboardInterrupt:
         click.echo("Interrupted before the first epoch ended: no checkpoint to keep.", err=True)
         sys.exit(130)
@@ -225,6 +229,10 @@ def report(run: Path, out: Path | None) -> None:
 
 
 _MODEL_SOURCE = click.Path(exists=True, path_type=Path)
+_BACKEND = click.option(
+    "--backend", type=click.Choice(["auto", "pytorch", "onnx"]), default="auto",
+    show_default=True, help="Engine for a run directory: auto is ONNX Runtime (RUN/model.onnx) "
+    "on CPUs without native bf16, PyTorch elsewhere.")
 
 
 @main.command()
@@ -238,8 +246,9 @@ _MODEL_SOURCE = click.Path(exists=True, path_type=Path)
 @click.option("--max-pixels", type=int, help="Skip images with more pixels (width x height) "
               "[default: 100,000,000].")
 @_TTA
+@_BACKEND
 def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_size: int,
-            max_pixels: int | None, tta: bool | None) -> None:
+            max_pixels: int | None, tta: bool | None, backend: str) -> None:
     """Labels with probabilities for image files or folders of them.
 
     MODEL is a run directory or a .onnx file written by `imgclass export`. Rows stream out as
@@ -249,8 +258,9 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_si
 
     from imgclass.predict import Predictor
 
-    predictor = Predictor(model, batch_size, tta=tta,
+    predictor = Predictor(model, batch_size, tta=tta, backend=backend,
                           **({"max_pixels": max_pixels} if max_pixels else {}))
+    log.info("%s: %s", model, predictor.backend)
     k = max(1, min(top_k, len(predictor.classes)))
     writer = csv.writer(sys.stdout, lineterminator="\n")
     if fmt == "csv":
@@ -302,8 +312,9 @@ def export(run: Path, fmt: str, out: Path | None, tta: bool | None) -> None:
               help="Labels per image unless the request asks (?top_k=).")
 @click.option("--batch-size", type=int, default=32, show_default=True,
               help="Most images one model call takes from concurrent requests.")
+@_BACKEND
 def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, top_k: int,
-          batch_size: int) -> None:
+          batch_size: int, backend: str) -> None:
     """An HTTP service and web page for MODEL (a run directory or a .onnx file).
 
     POST /predict, GET /health, GET /model, GET /openapi.json, and GET / a page to drop photos on.
@@ -311,7 +322,7 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: i
     from imgclass.serve import serve as run_service
 
     run_service(model, host=host, port=port, max_upload_bytes=int(max_upload_mb * 2**20),
-                max_pixels=max_pixels, top_k=top_k, batch_size=batch_size)
+                max_pixels=max_pixels, top_k=top_k, batch_size=batch_size, backend=backend)
 
 
 @main.command()

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from imgclass import atomic, runtime
-from imgclass.checkpoint import CheckpointError, ModelMeta, load_model
+from imgclass.checkpoint import CheckpointError, ModelMeta, load_model, weights_digest
 from imgclass.data.batches import iterate_batches
 from imgclass.evaluation import Probabilities
 
 log = logging.getLogger(__name__)
 
 INPUT, OUTPUT = "pixels", "probabilities"
+FILE = "model.onnx"  # in a run directory: written at the end of `train` and by `export`
 OPSET = 18
 TOLERANCE = 1e-4  # largest difference in probability tolerated between PyTorch and ONNX Runtime
 
@@ -47,7 +48,7 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     run = Path(run)
     loaded = load_model(run)
     meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
-    out = Path(out) if out else run / "model.onnx"
+    out = Path(out) if out else run / FILE
     head = Probabilities(loaded.model, meta.tta_flip)
     head.eval()
     example = torch.rand(3, 3, meta.image_size, meta.image_size,
@@ -77,9 +78,33 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
                               + (" (image and mirror averaged)" if meta.tta_flip else "")},
         "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
         "source_run": str(run.resolve()),
+        "weights_sha256": weights_digest(run),  # which weights: see current_export
     })
     log.info("%s: ONNX Runtime matches PyTorch within %.1g on a random batch", out, difference)
     return out
+
+
+def current_export(run: str | os.PathLike, tta_flip: bool) -> Path | None:
+    """RUN/model.onnx if it holds the run's present weights and this TTA setting, else None.
+
+    "Present weights": the sha256 recorded in model.safetensors when the export was made equals
+    the one there now, so a run trained again (or resumed) into the same folder after its export
+    never answers with the old model.
+    """
+    path = Path(run) / FILE
+    if not path.is_file():
+        return None
+    try:
+        meta, document = read_metadata(path)
+        digest = weights_digest(run)
+    except CheckpointError as err:
+        log.warning("%s not used: %s", path, err)
+        return None
+    if digest is None or document.get("weights_sha256") != digest:
+        log.warning("%s not used: exported from other weights than %s/model.safetensors "
+                    "(export again with `imgclass export %s`)", path, run, run)
+        return None
+    return path if meta.tta_flip == tta_flip else None
 
 
 def read_metadata(onnx_file: str | os.PathLike) -> tuple[ModelMeta, dict]:

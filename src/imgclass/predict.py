@@ -20,11 +20,13 @@ import torch
 from tqdm import tqdm
 
 from imgclass import runtime
-from imgclass.checkpoint import load_model
+from imgclass.checkpoint import load_model, read_meta
 from imgclass.data.batches import to_float
 from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from imgclass.data.ingest import is_os_junk
 from imgclass.evaluation import predict_proba
+from imgclass.export import FILE as ONNX_FILE
+from imgclass.export import OnnxModel, current_export, read_metadata
 from imgclass.runtime import Device
 
 
@@ -53,44 +55,77 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
             yield path
 
 
+BACKENDS = ("auto", "pytorch", "onnx")
+
+
 class Predictor:
     """Load once, predict many: `Predictor("runs/x").predict(["a.jpg", "photos/"])`.
 
-    source: a run directory (PyTorch) or a .onnx file written by `imgclass export` (ONNX Runtime);
-    both give the same answers. workers: decoding threads (default: usable cores). tta: average
-    each image's and its mirror's probabilities (default: as the run was validated; an ONNX
-    file has it inside its graph, fixed at export).
+    source: a run directory or a .onnx file written by `imgclass export`; both give the same
+    answers. backend: where a run's model runs. "auto" is ONNX Runtime on a CPU without native
+    bf16 when the run holds a current export (RUN/model.onnx, written by `train`): there it
+    answers one image in about half PyTorch's time (docs/performance.md); PyTorch elsewhere (GPUs,
+    bf16 CPUs) and for runs without one. "onnx" insists on the export, "pytorch" on PyTorch.
+    workers: decoding threads (default: usable cores). tta: average each image's and its
+    mirror's probabilities (default: as the run was validated; an ONNX file has it inside its
+    graph, fixed at export).
     """
 
     def __init__(self, source: str | os.PathLike, batch_size: int = 64, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                 tta: bool | None = None):
+                 tta: bool | None = None, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         runtime.configure()
         self.source = Path(source)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.workers = workers or runtime.usable_cores()
+        self.onnx: OnnxModel | None = None
+        self.model = None
         if self.source.suffix == ".onnx":
-            from imgclass.export import OnnxModel, read_metadata
-
-            self.meta, document = read_metadata(self.source)
-            if tta is not None and tta != self.meta.tta_flip:
-                inside = "with" if self.meta.tta_flip else "without"
-                raise ValueError(f"{self.source}: exported {inside} flip test-time augmentation "
-                                 f"in its graph; export again with --{'' if tta else 'no-'}tta")
-            self.onnx: OnnxModel | None = OnnxModel(self.source, self.meta)
-            self.model = None
-            self.metrics = document.get("metrics")
+            if backend == "pytorch":
+                raise ValueError(f"{self.source}: an exported model runs in ONNX Runtime; give "
+                                 "the run directory for PyTorch")
+            self._load_onnx(self.source, tta)
         else:
-            loaded = load_model(self.source)
-            self.meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
-            self.onnx = None
+            meta = read_meta(self.source)
+            tta_flip = meta.tta_flip if tta is None else tta
             self.device = Device.select()
-            self.model = loaded.model.to(self.device.torch_device)
+            exported = self._run_export(backend, tta_flip)
+            if exported:
+                self._load_onnx(exported, tta_flip)
+            else:
+                loaded = load_model(self.source)
+                self.meta = replace(loaded.meta, tta_flip=tta_flip)
+                self.model = loaded.model.to(self.device.torch_device)
             metrics_file = self.source / "metrics.json"
             self.metrics = (json.loads(metrics_file.read_text()) if metrics_file.is_file()
                             else None)
         self.classes = self.meta.classes
+
+    def _run_export(self, backend: str, tta_flip: bool) -> Path | None:
+        """The run's ONNX file when the backend (or auto's choice) is ONNX Runtime."""
+        if backend == "pytorch":
+            return None
+        fp32_cpu = self.device.torch_device.type == "cpu" and self.device.amp is None
+        if backend == "auto" and not fp32_cpu:
+            return None
+        exported = current_export(self.source, tta_flip)
+        if backend == "onnx" and exported is None:
+            flag = "--tta" if tta_flip else "--no-tta"
+            raise ValueError(f"{self.source}: no current {ONNX_FILE} with tta_flip={tta_flip} "
+                             f"(write one: imgclass export {self.source} {flag})")
+        return exported
+
+    def _load_onnx(self, onnx_file: Path, tta: bool | None) -> None:
+        self.meta, document = read_metadata(onnx_file)
+        if tta is not None and tta != self.meta.tta_flip:
+            inside = "with" if self.meta.tta_flip else "without"
+            raise ValueError(f"{onnx_file}: exported {inside} flip test-time augmentation "
+                             f"in its graph; export again with --{'' if tta else 'no-'}tta")
+        self.onnx = OnnxModel(onnx_file, self.meta)
+        self.metrics = document.get("metrics")
 
     @property
     def backend(self) -> str:

@@ -43,6 +43,16 @@ def _keep_freed_memory() -> bool:
     return bool(ok)
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc malloc_trim), once a phase that freed a
+    lot is over: _keep_freed_memory keeps them for the next training step otherwise, and what
+    comes after training (export, report) would add its memory on top of training's."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -10,6 +10,7 @@ waits on either.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from importlib import resources
 
@@ -30,6 +31,8 @@ from imgclass.data.images import (
 )
 from imgclass.predict import Predictor
 from imgclass.serve.batching import MicroBatcher
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("file", "files")  # multipart field names that carry images
 MAX_FILES = 64  # images per request
@@ -171,11 +174,12 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000,
           max_upload_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000, top_k: int = 3,
-          batch_size: int = 32) -> None:
+          batch_size: int = 32, backend: str = "auto") -> None:
     """Load MODEL (run directory or .onnx) and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    predictor = Predictor(model, batch_size, max_pixels=max_pixels)
+    predictor = Predictor(model, batch_size, max_pixels=max_pixels, backend=backend)
+    log.info("%s: %s", model, predictor.backend)
     app = create_app(predictor, max_upload_bytes=max_upload_bytes, top_k=top_k,
                      batch_size=batch_size)
     uvicorn.run(app, host=host, port=port, log_level="info")
