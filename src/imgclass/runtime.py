@@ -28,14 +28,20 @@ _M_MMAP_MAX = -4
 _configured = False
 
 
+def _glibc_function(name: str):
+    """A function of the process's glibc (mallopt, malloc_trim), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # another C library (musl has no malloc_trim)
+        return None
+
+
 def _keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of unmapping it; False where not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     # No mmap for big blocks (they come from the heap and stay there) and no trimming of the heap.
     ok = mallopt(_M_MMAP_MAX, 0) == 1
@@ -47,10 +53,9 @@ def release_freed_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc malloc_trim), once a phase that freed a
     lot is over: _keep_freed_memory keeps them for the next training step otherwise, and what
     comes after training (export, report) would add its memory on top of training's."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    malloc_trim = _glibc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def usable_cores() -> int:
