@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 
 _configured = False
@@ -43,9 +42,13 @@ def _keep_freed_memory() -> bool:
     mallopt = _glibc_function("mallopt")
     if mallopt is None:
         return False
-    # No mmap for big blocks (they come from the heap and stay there) and no trimming of the heap.
+    # int mallopt(int, int): with argtypes, ctypes refuses a value out of range instead of
+    # masking it (2**62 became 0, a trim threshold of 0: the heap trimmed at every free)
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    # No mmap for big blocks (they come from the heap and stay there) and no trimming of the heap
+    # short of 2 GiB free at its top (the largest threshold an int holds).
     ok = mallopt(_M_MMAP_MAX, 0) == 1
-    ok &= mallopt(_M_TRIM_THRESHOLD, 2**62) == 1
+    ok &= mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     return bool(ok)
 
 
