@@ -1,10 +1,13 @@
 """Crash safety end to end: a real `python -m imgclass train`, killed (SIGKILL) or interrupted
 (Ctrl-C, SIGINT) in the middle of an epoch, then resumed, ends exactly where an uninterrupted run
-with the same seed ends (history, metrics and weights, bit for bit on the CPU)."""
+with the same seed ends (history, metrics and weights, bit for bit on the CPU). Ctrl-C once
+training is over leaves a whole, finished run without the export and the report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,9 +17,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from imgclass import export, training
 from imgclass.checkpoint import load_model
 from imgclass.cli import main
 from imgclass.data.scan import DataError
+from imgclass.predict import Predictor
 from imgclass.training import train
 from tests.conftest import make_class_tree
 from tests.test_training import RUN_FILES, assert_same_results
@@ -32,7 +37,7 @@ AUGMENT = {"mixup": 0.4, "cutmix": 1.0, "random_erasing": 0.3}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     # epochs of ~1 s: a signal sent a quarter into epoch 2 lands in training even when a loaded
-    # machine delays it by half a second (the export at the end of a run swallows Ctrl-C)
+    # machine delays it by half a second (after training, Ctrl-C only skips the export and report)
     return make_class_tree(tmp_path_factory.mktemp("resume") / "data", per_class=80, size=16)
 
 
@@ -130,3 +135,61 @@ def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     (data / "red" / "red_000.jpg").write_bytes((data / "red" / "red_001.jpg").read_bytes())
     with pytest.raises(DataError, match=r"red_000.jpg\); resuming needs the data"):
         train(resume=run)
+
+
+def test_ctrl_c_in_the_export_skips_it_and_the_report(tmp_path, monkeypatch):
+    data = make_class_tree(tmp_path / "data", per_class=6)
+
+    def interrupted(run, *args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as err:  # torch's exporter wraps a Ctrl-C in its own error
+            raise RuntimeError("Failed to export the model with torch.export") from err
+
+    monkeypatch.setattr(export, "export_onnx", interrupted)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(run), "--epochs", "1",
+                                       "--image-size", "8", "--batch-size", "4"])
+    assert result.exit_code == 130, result.output
+    assert (f"write what it skipped with: imgclass export {run}; imgclass report {run}"
+            in result.output)
+    assert json.loads((run / "metrics.json").read_text())["interrupted"] is False
+    assert not (run / "model.onnx").exists() and not (run / "report.html").exists()
+
+    monkeypatch.undo()
+    assert CliRunner().invoke(main, ["export", str(run)]).exit_code == 0
+    assert Predictor(run).backend == "onnxruntime"
+
+
+def test_ctrl_c_while_the_run_files_are_written_waits_for_them(tmp_path, monkeypatch):
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    plot_curves = training.plot_curves
+
+    def ctrl_c_then_plot(*args, **kwargs):  # the signal arrives in the middle of the writing
+        os.kill(os.getpid(), signal.SIGINT)
+        plot_curves(*args, **kwargs)
+
+    monkeypatch.setattr(training, "plot_curves", ctrl_c_then_plot)
+    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4)
+    assert result.unwritten == ("model.onnx", "report.html")
+    for name in RUN_FILES:
+        assert (result.run_dir / name).is_file(), name
+    assert not (result.run_dir / "model.onnx").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_swallowed_inside_the_export_still_skips_the_report(tmp_path, monkeypatch):
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    export_onnx = export.export_onnx
+
+    def swallowing(run, *args, **kwargs):
+        # as Python does with a KeyboardInterrupt raised in a weakref callback
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        return export_onnx(run, *args, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", swallowing)
+    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4)
+    assert result.unwritten == ("report.html",)
+    assert (result.run_dir / "model.onnx").is_file()
+    assert not (result.run_dir / "report.html").exists()

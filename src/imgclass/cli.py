@@ -173,6 +173,8 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
     """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits).
 
     Ctrl-C ends the run at its last completed epoch (exit code 130); --resume continues it.
+    Once training is over, Ctrl-C waits for the run's files (seconds) and skips the ONNX export
+    and the report, which `imgclass export` and `imgclass report` write later.
     """
     from imgclass.training import train as run_train
 
@@ -188,6 +190,12 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
     if result.rank:  # torchrun: rank 0 speaks for all
         sys.exit(130 if result.interrupted else 0)
     click.echo(f"run written to {result.run_dir}")
+    if result.unwritten:
+        later = {"model.onnx": "imgclass export", "report.html": "imgclass report"}
+        click.echo("Interrupted once the run was saved; write what it skipped with: "
+                   + "; ".join(f"{later[name]} {result.run_dir}" for name in result.unwritten),
+                   err=True)
+        sys.exit(130)
     if result.interrupted:
         click.echo(f"Interrupted: the run ends with epoch {result.history[-1].epoch} (saved); "
                    f"continue it with: imgclass train --resume {result.run_dir}", err=True)

@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -91,6 +93,7 @@ class TrainResult:
     metrics: dict
     interrupted: bool = False  # Ctrl-C: the run ends at its last completed epoch
     rank: int = 0  # under torchrun, this process's rank; only rank 0 wrote files and metrics
+    unwritten: tuple[str, ...] = ()  # Ctrl-C once the run was saved: files it skipped
 
 
 @dataclass
@@ -418,8 +421,48 @@ def _export(run_dir: Path) -> None:
     try:
         export_onnx(run_dir)
     except Exception as err:  # the exporter raises many types; the model is saved already
+        cause = err
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:  # torch's exporter wraps a Ctrl-C in its own error
+            raise KeyboardInterrupt from err
         log.warning("%s: model.onnx not written (%s); predict and serve use PyTorch, "
                     "`imgclass export` retries", run_dir, str(err).splitlines()[0])
+
+
+def _report(run_dir: Path) -> None:
+    try:
+        write_report(run_dir)
+    except Exception as err:  # the model and metrics are saved: a report never fails the run
+        log.warning("%s: report not written (%s); `imgclass report` retries", run_dir, err)
+
+
+@contextlib.contextmanager
+def _ctrl_c(defer: bool) -> Iterator[None]:
+    """Ctrl-C (SIGINT) over a block, never lost. defer: held until the block ends and raised
+    then, so that what the block writes is whole. Else raised at once as usual, and raised again
+    when the block ends if something inside swallowed it: Python only prints a KeyboardInterrupt
+    that lands in a finaliser or a weakref callback, and torch's exporter runs many. Signals
+    reach the main thread only: elsewhere, or when SIGINT has a handler of someone else's, this
+    does nothing."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    pressed: list[int] = []
+
+    def on_sigint(signum, frame):
+        pressed.append(signum)
+        if not defer:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
@@ -593,6 +636,32 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         return TrainResult(run_dir, config, dataset.classes, history, restored, {}, interrupted,
                            ranks.rank)
 
+    # Ctrl-C while the run's files are written waits for them (seconds), then skips what
+    # `imgclass export` and `imgclass report` can write later
+    later = ([("model.onnx", _export)] if export else []) + [("report.html", _report)]
+    unwritten = [name for name, _ in later]
+    try:
+        with _ctrl_c(defer=True):
+            metrics = _save_results(run_dir, model, dataset, split, val_data, config, device,
+                                    fitted, started)
+        for name, write in later:
+            with _ctrl_c(defer=False):
+                write(run_dir)
+                unwritten.remove(name)
+    except KeyboardInterrupt:
+        if unwritten:  # else the press was swallowed in the last step, which finished
+            log.warning("%s: interrupted once the run was saved; not written: %s", run_dir,
+                        ", ".join(unwritten))
+    return TrainResult(run_dir, config, dataset.classes, history, restored, metrics, interrupted,
+                       unwritten=tuple(unwritten))
+
+
+def _save_results(run_dir: Path, model: nn.Module, dataset: Dataset, split: Split,
+                  val_data: _Tensors, config: TrainConfig, device: Device, fitted: FitResult,
+                  started: float) -> dict:
+    """The files of a finished run: the model, history, curves, validation metrics and
+    predictions, and metrics.json last (a run without it can be resumed). Returns the metrics."""
+    history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
                                                   config.model, config.tta_flip))
     rows = [asdict(h) for h in history]
@@ -622,15 +691,9 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     ValPredictions(dataset.classes, [dataset.paths[i] for i in split.val],
                    val_labels, probabilities).write(run_dir)
     atomic.write_json(run_dir / "metrics.json", metrics)
-    if export:
-        _export(run_dir)
-    try:
-        write_report(run_dir)
-    except Exception as err:  # the model and metrics are saved: a report never fails the run
-        log.warning("%s: report not written (%s); `imgclass report` retries", run_dir, err)
     log.info("best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
              "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "
              "loss %.4f; %d files skipped", best.val_acc, best.epoch, restored,
              validation.accuracy, validation.macro_f1, history[-1].train_acc,
              history[-1].epoch, metrics["lowest_val_loss"], len(dataset.skipped))
-    return TrainResult(run_dir, config, dataset.classes, history, restored, metrics, interrupted)
+    return metrics
