@@ -176,6 +176,8 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
     Once training is over, Ctrl-C waits for the run's files (seconds) and skips the ONNX export
     and the report, which `imgclass export` and `imgclass report` write later.
     """
+    from imgclass.export import FILE as ONNX_FILE
+    from imgclass.html_report import REPORT
     from imgclass.training import train as run_train
 
     augment = {name: overrides.pop(name) for name in AUGMENT_OPTIONS}
@@ -191,7 +193,7 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
         sys.exit(130 if result.interrupted else 0)
     click.echo(f"run written to {result.run_dir}")
     if result.unwritten:
-        later = {"model.onnx": "imgclass export", "report.html": "imgclass report"}
+        later = {ONNX_FILE: "imgclass export", REPORT: "imgclass report"}
         click.echo("Interrupted once the run was saved; write what it skipped with: "
                    + "; ".join(f"{later[name]} {result.run_dir}" for name in result.unwritten),
                    err=True)

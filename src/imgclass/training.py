@@ -56,7 +56,8 @@ from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json, stratified_split
 from imgclass.distributed import Context
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
-from imgclass.html_report import write_report
+from imgclass.export import FILE as ONNX_FILE
+from imgclass.html_report import REPORT, write_report
 from imgclass.models import build_model
 from imgclass.models.backbones import Backbone
 from imgclass.models.summary import model_summary
@@ -638,7 +639,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
 
     # Ctrl-C while the run's files are written waits for them (seconds), then skips what
     # `imgclass export` and `imgclass report` can write later
-    later = ([("model.onnx", _export)] if export else []) + [("report.html", _report)]
+    later = ([(ONNX_FILE, _export)] if export else []) + [(REPORT, _report)]
     unwritten = [name for name, _ in later]
     try:
         with _ctrl_c(defer=True):
