@@ -82,6 +82,9 @@ def main() -> None:
         return
     if not sys.platform.startswith("linux"):
         sys.exit("the allocator setting is glibc's: Linux only")
+    from imgclass.runtime import describe_cpu  # here: the workers import torch themselves
+
+    print(describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for rep in range(args.reps):
         for config in CONFIGS:

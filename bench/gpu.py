@@ -147,6 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     runtime.configure()
+    print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:

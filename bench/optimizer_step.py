@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps per repetition")
     args = parser.parse_args()
     runtime.configure()
+    print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     print(f"seed CNN parameters, {torch.get_num_threads()} threads; ms per step, median of "
           f"{args.reps} interleaved repetitions [min-max]")
     print(f"{'optimiser':<10}{'fused':>22}{'foreach (default)':>22}{'speed-up':>10}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclass import runtime
 from imgclass.export import export_onnx
 from imgclass.predict import Predictor, expand_paths
 from imgclass.runtime import usable_cores
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--limit", type=int, help="only N files, evenly spaced in sorted order")
     args = parser.parse_args()
+    print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     files = list(expand_paths([args.data]))
     if args.limit:
         files = files[::max(1, len(files) // args.limit)][:args.limit]

@@ -17,6 +17,7 @@ import argparse
 
 from time_to_accuracy import flowers_runs, mean_std, read_run
 
+from imgclass import runtime
 from imgclass.training import train
 
 VARIANTS: dict[str, dict] = {
@@ -38,6 +39,7 @@ def main() -> None:
                             default=["seed", "mix+ls"])
 
     args, out = flowers_runs(__doc__, "regularisation-", variants)
+    print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     if not args.table_only:
         for seed in args.seeds:
             for variant in args.variants:

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's tests/ helpers
+from imgclass import runtime  # noqa: E402
 from tests.service import request, running_service  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers5"
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["auto", "pytorch", "onnx"], default="auto",
                         help="the service's engine for a run directory")
     args = parser.parse_args()
+    print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     files = sorted(p for p in args.data.rglob("*") if p.is_file())
     photos = [p.read_bytes() for p in files[::max(1, len(files) // args.photos)][:args.photos]]
     results: dict[int, list[dict]] = {n: [] for n in args.clients}

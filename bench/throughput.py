@@ -179,6 +179,9 @@ def main() -> None:
                   else worker_torch(args.worker, args.seconds))
         print(json.dumps(result))
         return
+    from imgclass.runtime import describe_cpu  # here: the workers import torch themselves
+
+    print(describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     configs = CONFIGS if _keras_available(args.keras_python) else CONFIGS[:2]
     if "keras" not in configs:
         print("TensorFlow is not importable here: the Keras baseline is skipped.")

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from imgclass import runtime
 from imgclass.data.dataset import load_dataset
 from imgclass.training import train
 
@@ -76,6 +77,7 @@ def flowers_runs(doc: str, prefix: str,
 
 def main() -> None:
     args, out = flowers_runs(__doc__, "tta-")
+    print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     rows = []
     for seed in args.seeds:
         if not args.table_only:

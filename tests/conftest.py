@@ -57,6 +57,14 @@ def _cache_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGCLASS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(params=[False, True], ids=["fp32-cpu", "bf16-cpu"])
+def native_bf16(request, monkeypatch) -> bool:
+    """Each answer of runtime.cpu_has_native_bf16 in turn, through $IMGCLASS_NATIVE_BF16 (so a
+    process the test starts follows it too): a test of the CPU-dependent choices sees both."""
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "1" if request.param else "0")
+    return request.param
+
+
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     return make_class_tree(tmp_path / "data")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from imgclass.cli import main
 from imgclass.config import RECIPES, TrainConfig, load_recipe
 from imgclass.runtime import Device, parse_device
 from imgclass.training import train_one_epoch
+from tests.conftest import make_class_tree
 
 
 @pytest.fixture
@@ -70,10 +72,11 @@ def test_precision_auto_is_bf16_or_fp16_with_a_scaler_on_gpus(two_gpus, monkeypa
     assert Device.select("fp32", "cuda").amp is None
 
 
+@pytest.mark.precision
 def test_precision_on_the_cpu(no_gpu, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "0")
     assert Device.select("auto").precision == "fp32"  # emulated bf16 would be slower
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "1")
     assert Device.select("auto").precision == "bf16"
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         Device.select("fp16", "cpu")
@@ -123,3 +126,29 @@ def test_cli_names_a_missing_gpu(no_gpu, class_tree, tmp_path):
         assert result.exit_code == 1, result.output
         assert "no CUDA GPU" in result.output or "fp16 needs a CUDA GPU" in result.output
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_native_bf16_is_read_from_the_cpu_unless_the_variable_says(monkeypatch):
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    monkeypatch.delenv("IMGCLASS_NATIVE_BF16", raising=False)
+    assert runtime.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "")  # empty: as unset
+    assert runtime.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    for value, answer in (("1", True), ("0", False), (" 1 ", True)):
+        monkeypatch.setenv("IMGCLASS_NATIVE_BF16", value)
+        assert runtime.cpu_has_native_bf16() is answer
+        assert f"native bf16: {'yes' if answer else 'no'} (IMGCLASS_NATIVE_BF16=" in (
+            runtime.describe_cpu())
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match=r"IMGCLASS_NATIVE_BF16='yes': set it to 1 .* or 0"):
+        runtime.cpu_has_native_bf16()
+
+
+def test_a_bad_native_bf16_value_is_one_line_from_the_cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "true")
+    result = CliRunner().invoke(main, ["train", str(make_class_tree(tmp_path / "d", 2)),
+                                       "--out", str(tmp_path / "run"), "--epochs", "1"])
+    assert result.exit_code == 1
+    assert "Error: IMGCLASS_NATIVE_BF16='true': set it to 1" in result.output
+    assert "Traceback" not in result.output

@@ -80,8 +80,11 @@ def test_load_dataset_reports_everything_and_leaves_conflicts_out(tmp_path):
     assert not any(s.reason.startswith("label conflict") for s in kept.skipped)
 
 
-def test_scan_command_prints_the_report_without_training(tmp_path):
+def test_scan_command_prints_the_report_without_training(tmp_path, monkeypatch):
     data = make_messy_tree(tmp_path)
+    work = tmp_path / "cwd"  # an empty working folder: scan writes nothing there (no runs/)
+    work.mkdir()
+    monkeypatch.chdir(work)
     result = CliRunner().invoke(main, ["scan", str(data), "--image-size", "8",
                                        "--out", str(tmp_path / "scan.json")])
     assert result.exit_code == 0, result.output
@@ -98,7 +101,7 @@ def test_scan_command_prints_the_report_without_training(tmp_path):
     assert "label conflicts (same content in several classes; left out" in out
     saved = json.loads((tmp_path / "scan.json").read_text())
     assert saved["images"]["red"] == 11 and saved["conflicts_kept"] is False
-    assert not (tmp_path / "runs").exists() and not Path("runs").exists()
+    assert not (tmp_path / "runs").exists() and not any(work.iterdir())
 
     kept = CliRunner().invoke(main, ["scan", str(data), "--image-size", "8", "--keep-conflicts"])
     assert kept.exit_code == 0 and "several classes; kept): 1" in kept.stdout

@@ -66,10 +66,11 @@ def test_streaming_in_order_with_skips_at_any_batch_size(trained_run, tmp_path):
     assert errors["zz.jpg"].startswith("truncated or corrupt image data")
 
 
+@pytest.mark.precision
 def test_predict_command_csv_and_jsonl_from_onnx(exported_onnx, trained_run, tmp_path):
     data = make_class_tree(tmp_path / "d", per_class=2, seed=5)
     (data / "blue" / "notes.txt").write_text("not an image")
-    expected = Predictor(trained_run).predict([data], top_k=2)
+    expected = Predictor(trained_run, precision="fp32").predict([data], top_k=2)  # as ONNX
     result = CliRunner().invoke(main, ["predict", str(exported_onnx), str(data), "--top-k", "2",
                                        "--format", "csv", "--batch-size", "4"])
     assert result.exit_code == 0, result.output

@@ -158,7 +158,7 @@ def test_ctrl_c_in_the_export_skips_it_and_the_report(tmp_path, monkeypatch):
 
     monkeypatch.undo()
     assert CliRunner().invoke(main, ["export", str(run)]).exit_code == 0
-    assert Predictor(run).backend == "onnxruntime"
+    assert Predictor(run, backend="onnx").backend == "onnxruntime"  # a current export
 
 
 def test_ctrl_c_while_the_run_files_are_written_waits_for_them(tmp_path, monkeypatch):

@@ -21,8 +21,9 @@ def photos(tmp_path_factory):
     return make_class_tree(tmp_path_factory.mktemp("photos"), per_class=4, seed=11)
 
 
-def _expected(model, paths, top_k=2):
-    return [(p.labels, p.probabilities) for p in Predictor(model).predict(paths, top_k=top_k)]
+def _expected(model, paths, top_k=2, precision="auto"):
+    predictor = Predictor(model, precision=precision)
+    return [(p.labels, p.probabilities) for p in predictor.predict(paths, top_k=top_k)]
 
 
 def _answers(body):
@@ -35,6 +36,7 @@ def _same(answers, expected):
         assert got == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.precision
 def test_health_model_page_and_openapi(served_run, trained_run):
     assert request(f"{served_run}/health")[1]["status"] == "ok"
     status, model = request(f"{served_run}/model")
@@ -139,6 +141,7 @@ def test_chunked_upload_over_the_limit_gets_413(served_run):
     assert request(f"{served_run}/health")[1]["status"] == "ok"
 
 
+@pytest.mark.precision
 def test_serve_an_onnx_file(exported_onnx, trained_run, photos, tmp_path):
     path = next(photos.rglob("*.jpg"))
     with running_service(exported_onnx, tmp_path) as url:
@@ -146,5 +149,5 @@ def test_serve_an_onnx_file(exported_onnx, trained_run, photos, tmp_path):
         status, answer = request(f"{url}/predict?top_k=2", path.read_bytes())
     assert status == 200
     labels, probabilities = _answers(answer)[0]
-    [(want_labels, want_probabilities)] = _expected(trained_run, [path])
+    [(want_labels, want_probabilities)] = _expected(trained_run, [path], precision="fp32")
     assert labels == want_labels and probabilities == pytest.approx(want_probabilities, abs=1e-4)

@@ -68,12 +68,13 @@ class Predictor:
     bf16 CPUs) and for runs without one. "onnx" insists on the export, "pytorch" on PyTorch.
     workers: decoding threads (default: usable cores). tta: average each image's and its
     mirror's probabilities (default: as the run was validated; an ONNX file has it inside its
-    graph, fixed at export).
+    graph, fixed at export). precision: of a run's model in PyTorch, as `train --precision`
+    ("auto": bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere); ONNX Runtime runs fp32.
     """
 
     def __init__(self, source: str | os.PathLike, batch_size: int = 64, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                 tta: bool | None = None, backend: str = "auto"):
+                 tta: bool | None = None, backend: str = "auto", precision: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         runtime.configure()
@@ -91,7 +92,7 @@ class Predictor:
         else:
             meta = read_meta(self.source)
             tta_flip = meta.tta_flip if tta is None else tta
-            self.device = Device.select()
+            self.device = Device.select(precision)
             exported = self._run_export(backend, tta_flip)
             if exported:
                 self._load_onnx(exported, tta_flip)
@@ -105,18 +106,20 @@ class Predictor:
         self.classes = self.meta.classes
 
     def _run_export(self, backend: str, tta_flip: bool) -> Path | None:
-        """The run's ONNX file when the backend (or auto's choice) is ONNX Runtime."""
+        """The run's ONNX file when the backend (or auto's choice) is ONNX Runtime.
+
+        Whether the export is current is checked (and a stale one reported) before auto
+        chooses an engine for this device, so the warning does not depend on the CPU.
+        """
         if backend == "pytorch":
-            return None
-        fp32_cpu = self.device.torch_device.type == "cpu" and self.device.amp is None
-        if backend == "auto" and not fp32_cpu:
             return None
         exported = current_export(self.source, tta_flip)
         if backend == "onnx" and exported is None:
             flag = "--tta" if tta_flip else "--no-tta"
             raise ValueError(f"{self.source}: no current {ONNX_FILE} with tta_flip={tta_flip} "
                              f"(write one: imgclass export {self.source} {flag})")
-        return exported
+        fp32_cpu = self.device.torch_device.type == "cpu" and self.device.amp is None
+        return exported if backend == "onnx" or fp32_cpu else None
 
     def _load_onnx(self, onnx_file: Path, tta: bool | None) -> None:
         self.meta, document = read_metadata(onnx_file)

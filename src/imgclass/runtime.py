@@ -80,14 +80,55 @@ def configure(threads: int | None = None) -> None:
               torch.get_num_threads(), allocator)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX-512 BF16 or AMX), so autocast pays off."""
+NATIVE_BF16_VARIABLE = "IMGCLASS_NATIVE_BF16"
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo); empty where they cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX-512 BF16 or AMX), so autocast pays off.
+
+    $IMGCLASS_NATIVE_BF16 overrides the answer for this process and every process it starts:
+    1 (as if native: bf16 autocast on the CPU, emulated and slow where the CPU lacks it) or 0
+    (fp32); unset or empty: read the CPU's flags. Any other value is a ValueError naming it.
+    """
+    value = os.environ.get(NATIVE_BF16_VARIABLE, "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    if value:
+        raise ValueError(f"{NATIVE_BF16_VARIABLE}={value!r}: set it to 1 (bf16 on the CPU) or 0 "
+                         "(fp32), or unset it to read the CPU's flags")
+    return any(flag in _cpu_flags() for flag in _BF16_FLAGS)
+
+
+def describe_cpu() -> str:
+    """One line for benchmark output: the CPU, its relevant flags, the bf16 answer in force and
+    the load average (figures are only comparable beside these)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    flags = _cpu_flags()
+    shown = " ".join(flag for flag in _SHOWN_FLAGS if flag in flags) or "none of " + "/".join(
+        _SHOWN_FLAGS)
+    value = os.environ.get(NATIVE_BF16_VARIABLE, "").strip()
+    source = f"{NATIVE_BF16_VARIABLE}={value}" if value else "read from the CPU"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"CPU: {model or 'unknown'}, {usable_cores()} usable cores; flags: {shown}; "
+            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'} ({source}); "
+            f"load average: {load}")
 
 
 def parse_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
