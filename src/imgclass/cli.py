@@ -88,10 +88,12 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
 
 _RECIPE = click.option("--recipe", help="A named recipe (seed, fast) or a .json recipe file  "
                        "[default: seed].")
-_MODEL = click.option("--model", help="seed_cnn, fast_resnet, or a torchvision backbone: "
-                      "resnet18, mobilenet_v3_small, efficientnet_b0 [default: the recipe's].")
+_MODEL = click.option("--model", help="seed_cnn, fast_resnet, or any timm backbone, e.g. "
+                      "tf_efficientnet_lite0, resnet18, mobilenet_v3_small, efficientnet_b0 "
+                      "[default: the recipe's].")
 _PRETRAINED = click.option("--pretrained", help="Backbone weights: a .safetensors or .pth state "
-                           "dict file, or 'imagenet' (torchvision's, downloaded once).")
+                           "dict file, or 'imagenet' (tf_efficientnet_lite0's are installed with "
+                           "imgclass; others are downloaded once).")
 _IMAGE_SIZE = click.option("--image-size", type=int, help="Side of the square input, pixels "
                            "[default: the recipe's; a backbone's own input size with --model].")
 _EPOCHS = click.option("--epochs", type=int, help="Maximum number of epochs.")

