@@ -151,11 +151,11 @@ def test_every_regularisation_option_together_trains_and_learns(tmp_path):
 def test_auto_class_weights_balance_the_loss():
     from imgclass.config import TrainConfig
     from imgclass.runtime import Device
-    from imgclass.training import _class_weights
+    from imgclass.training_setup import class_weights
 
     labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
-    weights = _class_weights(labels, 3, TrainConfig(class_weights="auto"), Device.select("fp32"))
+    weights = class_weights(labels, 3, TrainConfig(class_weights="auto"), Device.select("fp32"))
     torch.testing.assert_close(weights, torch.tensor([100 / 180, 100 / 90, 100 / 30]))
     counts = torch.bincount(labels).float()
     torch.testing.assert_close(weights * counts, torch.full((3,), 100 / 3))  # equal shares
-    assert _class_weights(labels, 3, TrainConfig(), Device.select("fp32")) is None
+    assert class_weights(labels, 3, TrainConfig(), Device.select("fp32")) is None

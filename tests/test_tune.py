@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from imgclass.cli import main
 from imgclass.config import AugmentConfig, TrainConfig, build_config, load_recipe
 from imgclass.runtime import Device
-from imgclass.training import _Tensors, fit, load_data, new_model
+from imgclass.training import fit
+from imgclass.training_setup import Tensors, load_data, new_model
 from imgclass.tune import apply_params, search_space
 
 OPTIONS = ["--recipe", "fast", "--image-size", "16", "--epochs", "2"]
@@ -58,7 +59,7 @@ def test_tune_writes_a_table_plot_and_recipe_and_continues(class_tree, tmp_path)
 def test_a_hook_that_raises_ends_the_fit(class_tree, tmp_path):
     config = build_config("fast", image_size=16, epochs=3, batch_size=8)
     dataset = load_data(class_tree, config, tmp_path / "cache")
-    data = _Tensors(dataset, torch.arange(len(dataset.labels)).numpy())
+    data = Tensors(dataset, torch.arange(len(dataset.labels)).numpy())
     seen = []
 
     def prune(stats):

@@ -20,17 +20,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from imgclass import atomic, runtime
 from imgclass.config import build_config
 from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import epoch_order, iterate_batches
-from imgclass.data.split import stratified_split
 from imgclass.optim import build_optimizer
 from imgclass.report import plot_lr_find
 from imgclass.runtime import Device
-from imgclass.training import load_data, new_model, training_loss
+from imgclass.training_setup import optimiser_step, setup_training
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +72,16 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
                          f"{end_lr}")
     config = build_config(recipe, **overrides)
     out = Path(out)
-    dataset = load_data(Path(data_dir), config, cache_dir)
-    split = stratified_split(dataset.labels, config.val_split, config.seed, groups=dataset.sha256)
-    device = Device.select(config.precision, config.device)
-    model = new_model(config, len(dataset.classes), device)
+    setup = setup_training(Path(data_dir), config, cache_dir,
+                           Device.select(config.precision, config.device))
+    device = setup.device
+    model = setup.new_model()
     optimizer = build_optimizer(model, config)
-    pixels = torch.from_numpy(dataset.pixels[split.train])
-    labels = torch.from_numpy(dataset.labels[split.train])
-    loss_fn = training_loss(config, labels, len(dataset.classes), device)
+    pixels, labels = setup.train.pixels, setup.train.labels
+    loss_fn = setup.loss()
+    scaler = device.grad_scaler()
     augment = TrainAugment(config.augment, runtime.generator(config.seed, "augment"),
-                           len(dataset.classes))
+                           setup.num_classes)
     shuffle = runtime.generator(config.seed, "shuffle")
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     losses: list[float] = []
@@ -91,17 +89,13 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
     average, stopped = 0.0, "all steps"
     model.train()
     while len(losses) < steps and stopped == "all steps":  # as many passes as the steps need
-        order = epoch_order(labels, shuffle, balanced=config.sampler == "balanced")
+        order = epoch_order(labels.cpu(), shuffle, balanced=config.sampler == "balanced")
         for x, y in iterate_batches(pixels, labels, config.batch_size, order=order,
                                     augment=augment):
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[len(losses)])
             x, y = x.to(device.torch_device), y.to(device.torch_device)
-            with device.autocast():
-                loss = loss_fn(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, _ = optimiser_step(model, x, y, optimizer, loss_fn, device, scaler)
             losses.append(loss.item())
             average = SMOOTHING * average + (1 - SMOOTHING) * losses[-1]
             smoothed.append(average / (1 - SMOOTHING ** len(losses)))

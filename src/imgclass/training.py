@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -51,20 +50,26 @@ from imgclass.config import TrainConfig, build_config
 from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import Batch, epoch_order, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
-from imgclass.data.dataset import Dataset, load_dataset
+from imgclass.data.dataset import Dataset
 from imgclass.data.scan import DataError
-from imgclass.data.split import Split, saved_split, split_json, stratified_split
+from imgclass.data.split import Split, saved_split, split_json
 from imgclass.distributed import Context
 from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
 from imgclass.export import FILE as ONNX_FILE
 from imgclass.html_report import REPORT, write_report
-from imgclass.models import build_model
 from imgclass.models.backbones import Backbone
 from imgclass.models.summary import model_summary
 from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
 from imgclass.runtime import Device
 from imgclass.tracking import tensorboard
+from imgclass.training_setup import (
+    Tensors,
+    TrainingSetup,
+    optimiser_step,
+    setup_training,
+    training_loss,
+)
 from imgclass.val_predictions import ValPredictions
 
 log = logging.getLogger(__name__)
@@ -104,19 +109,6 @@ class FitResult:
     interrupted: bool
 
 
-class _Tensors:
-    """One split held as tensors: uint8 pixels (N, H, W, 3) and int64 labels."""
-
-    def __init__(self, dataset: Dataset, index: np.ndarray):
-        self.pixels = torch.from_numpy(dataset.pixels[index])
-        self.labels = torch.from_numpy(dataset.labels[index])
-
-    def to(self, device: torch.device) -> _Tensors:
-        """Moved once to the device: batches are then cut and augmented there."""
-        self.pixels, self.labels = self.pixels.to(device), self.labels.to(device)
-        return self
-
-
 def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
                     schedule: LRScheduler | None, loss_fn: nn.Module, device: Device,
                     bar: tqdm, scaler: torch.amp.GradScaler | None = None,
@@ -138,13 +130,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
             if batch is None:
                 break
             x, y = (v.to(device.torch_device, non_blocking=True) for v in batch)
-            with device.autocast():
-                logits = model(x)
-                loss = loss_fn(logits.float(), y)  # y: labels, or probabilities (MixUp/CutMix)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = optimiser_step(model, x, y, optimizer, loss_fn, device, scaler)
             if schedule is not None:
                 schedule.step()
             n = len(y)
@@ -158,7 +144,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 
 
 @torch.no_grad()
-def validate(model: nn.Module, data: _Tensors, device: Device, num_classes: int,
+def validate(model: nn.Module, data: Tensors, device: Device, num_classes: int,
              batch_size: int, tta_flip: bool = False) -> tuple[float, float, float]:
     """(loss, accuracy, macro-F1) on a split; the loss is unweighted whatever the class weights.
 
@@ -200,14 +186,6 @@ class EarlyStopping:
         return self.best_epoch
 
 
-def new_model(config: TrainConfig, num_classes: int, device: Device) -> nn.Module:
-    """The recipe's model (pretrained weights loaded), seeded by the `init` stream, on device."""
-    torch.manual_seed(runtime.stream_seed(config.seed, "init"))
-    model = build_model(config.model, num_classes, config.image_size, config.dropout,
-                        config.pretrained)
-    return model.to(device.torch_device, memory_format=torch.channels_last)
-
-
 def _set_frozen(model: nn.Module, config: TrainConfig, epoch: int) -> None:
     """Freeze-then-unfreeze: the backbone is frozen in epochs 1..freeze_epochs (a function of
     the epoch alone, so a resumed run freezes exactly as an uninterrupted one)."""
@@ -223,26 +201,7 @@ def _set_frozen(model: nn.Module, config: TrainConfig, epoch: int) -> None:
         log.info("epoch %d: backbone unfrozen, training all layers", epoch)
 
 
-def _class_weights(labels: torch.Tensor, num_classes: int, config: TrainConfig,
-                   device: Device) -> torch.Tensor | None:
-    """class_weights "auto": n / (classes x count) per class, scikit-learn's "balanced" rule, so
-    every class weighs as much in the loss as if the classes were equally frequent."""
-    if config.class_weights == "none":
-        return None
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    weights = len(labels) / (num_classes * counts.clamp_min(1))
-    log.info("class weights: %s", ", ".join(f"{w:.3f}" for w in weights.tolist()))
-    return weights.to(device.torch_device)
-
-
-def training_loss(config: TrainConfig, labels: torch.Tensor, num_classes: int,
-                  device: Device) -> nn.Module:
-    """The recipe's training loss: cross-entropy with its class weights and label smoothing."""
-    return nn.CrossEntropyLoss(weight=_class_weights(labels, num_classes, config, device),
-                               label_smoothing=config.label_smoothing)
-
-
-def fit(model: nn.Module, train_data: _Tensors, val_data: _Tensors, config: TrainConfig,
+def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainConfig,
         device: Device, num_classes: int, progress: bool = False, *,
         checkpoint_dir: Path | None = None, resume: TrainingState | None = None,
         ranks: Context = distributed.SINGLE,
@@ -572,36 +531,24 @@ def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, d
     atomic.write_json(run_dir / "scan.json", dataset.report.to_dict())
 
 
-def load_data(data_dir: Path, config: TrainConfig,
-              cache_dir: str | os.PathLike | None) -> Dataset:
-    """The decoded data set at the recipe's image size, its summary logged."""
-    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts,
-                           config.max_pixels)
-    log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
-             len(dataset.labels), len(dataset.classes),
-             ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
-             len(dataset.skipped), dataset.decoded_now)
-    report = dataset.report
-    log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
-             "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
-             "kept" if report.conflicts_kept else "left out")
-    return dataset
-
-
 def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            cache_dir: str | os.PathLike | None, progress: bool,
            stored: dict | None, device: Device, ranks: Context,
            export: bool) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
-    with ranks.main_first():  # rank 0 decodes into the cache, the others read it
-        dataset = load_data(data_dir, config, cache_dir)
-    resume = None
-    if stored is not None:
+
+    def resumed_split(dataset: Dataset) -> Split:
         if dataset.classes != stored["classes"]:
             raise DataError(f"{dataset.root}: classes changed since the run started "
                             f"({', '.join(stored['classes'])} -> {', '.join(dataset.classes)})")
-        split = _saved_split(run_dir, dataset)
+        return _saved_split(run_dir, dataset)
+
+    setup = setup_training(data_dir, config, cache_dir, device, ranks=ranks,
+                           split=resumed_split if stored is not None else None)
+    dataset, split = setup.dataset, setup.split
+    resume = None
+    if stored is not None:
         if (run_dir / CHECKPOINT).exists():
             resume = load_checkpoint(run_dir)
             if resume.config != config.to_dict():
@@ -609,30 +556,16 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
                                       f"configuration than {run_dir / 'config.json'}")
         else:
             log.info("%s: no completed epoch to resume from: starting at epoch 1", run_dir)
-    else:
-        split = stratified_split(dataset.labels, config.val_split, config.seed,
-                                 groups=dataset.sha256)
     # the pretrained weights are read unless the run resumes from a checkpoint (which has its
     # own), and before a new run writes anything, so a bad weights file leaves no run behind
-    model = new_model(dataclasses.replace(config, pretrained=None) if resume else config,
-                      len(dataset.classes), device)
+    model = setup.new_model(dataclasses.replace(config, pretrained=None) if resume else config)
     if stored is None and ranks.is_main:
         _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks, model)
     log.info("%s", model_summary(model, config.image_size, title=f"model {config.model}"))
     if not ranks.is_main:  # dropout masks of its own
         torch.manual_seed(runtime.stream_seed(config.seed, ranks.stream("dropout")))
-    train_data, val_data = _Tensors(dataset, split.train), _Tensors(dataset, split.val)
-    dataset.pixels = dataset.pixels[:0]  # the two sides hold copies: not kept twice (-45 MB)
-    on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
-    if on_device:
-        train_data, val_data = train_data.to(device.torch_device), val_data.to(device.torch_device)
-    processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
-    log.info("training on %d images, validating on %d; %s, %s, %d threads%s; images %s",
-             len(split.train), len(split.val), device.torch_device, device.precision,
-             torch.get_num_threads(), processes,
-             f"kept on {device.torch_device}" if on_device else "streamed from host memory")
     with tensorboard(run_dir) if ranks.is_main else contextlib.nullcontext() as on_epoch:
-        fitted = fit(model, train_data, val_data, config, device, len(dataset.classes),
+        fitted = fit(model, setup.train, setup.val, config, device, setup.num_classes,
                      progress, checkpoint_dir=run_dir, resume=resume, ranks=ranks,
                      on_epoch=on_epoch)
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
@@ -647,8 +580,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     unwritten = [name for name, _ in later]
     try:
         with _ctrl_c(defer=True):
-            metrics = _save_results(run_dir, model, dataset, split, val_data, config, device,
-                                    fitted, started)
+            metrics = _save_results(run_dir, model, setup, fitted, started)
         for name, write in later:
             with _ctrl_c(defer=False):
                 write(run_dir)
@@ -661,11 +593,12 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
                        unwritten=tuple(unwritten))
 
 
-def _save_results(run_dir: Path, model: nn.Module, dataset: Dataset, split: Split,
-                  val_data: _Tensors, config: TrainConfig, device: Device, fitted: FitResult,
+def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted: FitResult,
                   started: float) -> dict:
     """The files of a finished run: the model, history, curves, validation metrics and
     predictions, and metrics.json last (a run without it can be resumed). Returns the metrics."""
+    dataset, split, val_data, config = setup.dataset, setup.split, setup.val, setup.config
+    device = setup.device
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
     save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
                                                   config.model, config.tta_flip))

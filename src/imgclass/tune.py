@@ -33,10 +33,10 @@ from optuna.trial import TrialState
 
 from imgclass import atomic, runtime
 from imgclass.config import TrainConfig, build_config
-from imgclass.data.split import stratified_split
 from imgclass.report import plot_trials
 from imgclass.runtime import Device
-from imgclass.training import EpochStats, _Tensors, fit, load_data, new_model
+from imgclass.training import EpochStats, fit
+from imgclass.training_setup import setup_training
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,7 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, trials: int, *,
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # imgclass logs each trial itself
     study = _open_study(out, base, data_dir)
-    dataset = load_data(data_dir, base, cache_dir)
-    split = stratified_split(dataset.labels, base.val_split, base.seed, groups=dataset.sha256)
-    train_data, val_data = _Tensors(dataset, split.train), _Tensors(dataset, split.val)
-    device = Device.select(base.precision, base.device)
+    setup = setup_training(data_dir, base, cache_dir, Device.select(base.precision, base.device))
     space = search_space(base)
     started = time.monotonic()
     while True:
@@ -167,8 +164,8 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, trials: int, *,
 
         trial_start = time.perf_counter()
         try:
-            fitted = fit(new_model(config, len(dataset.classes), device), train_data, val_data,
-                         config, device, len(dataset.classes), on_epoch=prune)
+            fitted = fit(setup.new_model(config), setup.train, setup.val, config, setup.device,
+                         setup.num_classes, on_epoch=prune)
         except optuna.TrialPruned as pruned:
             log.info("trial %d pruned at %s", trial.number, pruned)
             trial.set_user_attr("seconds", time.perf_counter() - trial_start)

@@ -1,0 +1,148 @@
+"""What every training starts from, and the one step it repeats: train, tune and lr-find share it.
+
+setup_training(): the data (scanned, decoded once), its split, each side as tensors (on the device
+when they fit there), on the device and precision chosen. TrainingSetup.new_model() and .loss()
+give the recipe's model and loss for it; optimiser_step() is the step every loop takes (autocast,
+the fp16 grad scaler where fp16 is used).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclass import distributed, runtime
+from imgclass.config import TrainConfig
+from imgclass.data.dataset import Dataset, load_dataset
+from imgclass.data.split import Split, stratified_split
+from imgclass.distributed import Context
+from imgclass.models import build_model
+from imgclass.runtime import Device
+
+log = logging.getLogger(__name__)
+
+
+class Tensors:
+    """One side of the split as tensors: uint8 pixels (N, H, W, 3) and int64 labels."""
+
+    def __init__(self, dataset: Dataset, index: np.ndarray):
+        self.pixels = torch.from_numpy(dataset.pixels[index])
+        self.labels = torch.from_numpy(dataset.labels[index])
+
+    def to(self, device: torch.device) -> Tensors:
+        """Moved once to the device: batches are then cut and augmented there."""
+        self.pixels, self.labels = self.pixels.to(device), self.labels.to(device)
+        return self
+
+
+def load_data(data_dir: Path, config: TrainConfig,
+              cache_dir: str | os.PathLike | None) -> Dataset:
+    """The decoded data set at the recipe's image size, its summary logged."""
+    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts,
+                           config.max_pixels)
+    log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
+             len(dataset.labels), len(dataset.classes),
+             ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
+             len(dataset.skipped), dataset.decoded_now)
+    report = dataset.report
+    log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
+             "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
+             "kept" if report.conflicts_kept else "left out")
+    return dataset
+
+
+def new_model(config: TrainConfig, num_classes: int, device: Device) -> nn.Module:
+    """The recipe's model (pretrained weights loaded), seeded by the `init` stream, on device."""
+    torch.manual_seed(runtime.stream_seed(config.seed, "init"))
+    model = build_model(config.model, num_classes, config.image_size, config.dropout,
+                        config.pretrained)
+    return model.to(device.torch_device, memory_format=torch.channels_last)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, config: TrainConfig,
+                  device: Device) -> torch.Tensor | None:
+    """class_weights "auto": n / (classes x count) per class, scikit-learn's "balanced" rule, so
+    every class weighs as much in the loss as if the classes were equally frequent."""
+    if config.class_weights == "none":
+        return None
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).float()
+    weights = len(labels) / (num_classes * counts.clamp_min(1))
+    log.info("class weights: %s", ", ".join(f"{w:.3f}" for w in weights.tolist()))
+    return weights.to(device.torch_device)
+
+
+def training_loss(config: TrainConfig, labels: torch.Tensor, num_classes: int,
+                  device: Device) -> nn.Module:
+    """The recipe's training loss: cross-entropy with its class weights and label smoothing."""
+    return nn.CrossEntropyLoss(weight=class_weights(labels, num_classes, config, device),
+                               label_smoothing=config.label_smoothing)
+
+
+def optimiser_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   optimizer: torch.optim.Optimizer, loss_fn: nn.Module, device: Device,
+                   scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step -> (loss, logits), detached: the forward pass under the device's
+    autocast, the loss in fp32 (y: labels, or probabilities under MixUp/CutMix), the backward
+    pass through the grad scaler (fp16 loss scaling; a no-op in other precisions), the step."""
+    with device.autocast():
+        logits = model(x)
+        loss = loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class TrainingSetup:
+    config: TrainConfig
+    dataset: Dataset  # its pixels are released: `train` and `val` hold them
+    split: Split
+    device: Device
+    train: Tensors
+    val: Tensors
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset.classes)
+
+    def new_model(self, config: TrainConfig | None = None) -> nn.Module:
+        """The recipe's model (or another config's: a tune trial), seeded, on the device."""
+        return new_model(config or self.config, self.num_classes, self.device)
+
+    def loss(self, config: TrainConfig | None = None) -> nn.Module:
+        return training_loss(config or self.config, self.train.labels, self.num_classes,
+                             self.device)
+
+
+def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.PathLike | None,
+                   device: Device, *, ranks: Context = distributed.SINGLE,
+                   split: Callable[[Dataset], Split] | None = None) -> TrainingSetup:
+    """The data of `data_dir` decoded at the recipe's size, split (the recipe's seeded,
+    duplicate-aware stratified split, or `split(dataset)`: a resumed run's), as tensors on the
+    device where they take at most its share of free memory (streamed from host memory else).
+    Under torchrun rank 0 decodes into the cache first, the others read it."""
+    with ranks.main_first():
+        dataset = load_data(data_dir, config, cache_dir)
+    chosen = (split(dataset) if split is not None else
+              stratified_split(dataset.labels, config.val_split, config.seed,
+                               groups=dataset.sha256))
+    train_data, val_data = Tensors(dataset, chosen.train), Tensors(dataset, chosen.val)
+    dataset.pixels = dataset.pixels[:0]  # the two sides hold copies: not kept twice (-45 MB)
+    on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
+    if on_device:
+        train_data, val_data = train_data.to(device.torch_device), val_data.to(device.torch_device)
+    processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
+    log.info("training on %d images, validating on %d; %s, %s, %d threads%s; images %s",
+             len(chosen.train), len(chosen.val), device.torch_device, device.precision,
+             torch.get_num_threads(), processes,
+             f"kept on {device.torch_device}" if on_device else "streamed from host memory")
+    return TrainingSetup(config, dataset, chosen, device, train_data, val_data)
