@@ -86,8 +86,8 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
                           ("source", "file", "reason")))
 
 
-_RECIPE = click.option("--recipe", help="A named recipe (seed, fast) or a .json recipe file  "
-                       "[default: seed].")
+_RECIPE = click.option("--recipe", help="A named recipe (seed, fast, transfer) or a .json "
+                       "recipe file  [default: seed].")
 _MODEL = click.option("--model", help="seed_cnn, fast_resnet, or any timm backbone, e.g. "
                       "tf_efficientnet_lite0, resnet18, mobilenet_v3_small, efficientnet_b0 "
                       "[default: the recipe's].")
@@ -150,6 +150,9 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
               help="auto: weigh each class in the loss by n / (classes x its count).")
 @click.option("--sampler", type=click.Choice(["shuffle", "balanced"]),
               help="balanced: draw training images so every class is equally frequent.")
+@click.option("--cached-features/--no-cached-features", default=None,
+              help="Backbones with --pretrained: train the new head alone on the frozen "
+                   "backbone's features, computed once and cached (the transfer recipe).")
 @click.option("--tta/--no-tta", "tta_flip", default=None,
               help="Validate and predict on each image and its mirror, averaged.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),

@@ -40,6 +40,10 @@ class TrainConfig:
     model: str = "seed_cnn"  # seed_cnn, fast_resnet, or a timm backbone (models/backbones)
     pretrained: str | None = None  # backbone weights: a .safetensors/.pth file, or "imagenet"
     freeze_epochs: int = 0  # backbones: epochs training the new head only, the rest frozen
+    # backbones with pretrained weights: the frozen backbone's pooled features of every image
+    # computed once (and cached: data/features.py), the new head trained on them (augment does
+    # not apply to them); the run's model is the backbone with that head
+    cached_features: bool = False
     dropout: float | None = None  # before the classifier; None: the model's own default
     image_size: int = 64  # pixels, square
     val_split: float = 0.2  # fraction of each class held out for validation
@@ -134,6 +138,11 @@ class TrainConfig:
             (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
             (self.dropout is None or 0.0 <= self.dropout < 1.0,
              f"dropout must be in [0, 1), got {self.dropout}"),
+            (not self.cached_features or self.pretrained,
+             "cached_features need pretrained weights: give --pretrained imagenet or FILE"),
+            (not (self.cached_features and (self.freeze_epochs or self.tta_flip)),
+             "cached_features train the head alone on fixed features: no freeze_epochs, no "
+             "tta_flip"),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,6 +170,25 @@ RECIPES: dict[str, TrainConfig] = {
         tta_flip=True,
         patience=0,  # the schedule decides the length; the last epoch is kept
         augment=AugmentConfig(hflip=True, rotation=0.05, zoom=0.2, translate=0.1),
+    ),
+    # An ImageNet-pretrained EfficientNet-Lite0 (its weights are installed with imgclass): a new
+    # head trained on the backbone's cached features, early stopping (docs/recipes.md has the
+    # evidence).
+    "transfer": TrainConfig(
+        recipe="transfer",
+        model="tf_efficientnet_lite0",
+        pretrained="imagenet",
+        cached_features=True,
+        image_size=224,
+        epochs=100,  # at most: early stopping ends the head's training
+        batch_size=64,
+        optimizer="adamw",
+        lr=1e-3,
+        lr_batch=64,
+        weight_decay=0.05,
+        dropout=0.2,
+        label_smoothing=0.1,
+        patience=10,
     ),
 }
 

@@ -49,15 +49,8 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     meta = loaded.meta if tta is None else replace(loaded.meta, tta_flip=tta)
     out = Path(out) if out else run / FILE
     head = Probabilities(loaded.model, meta.tta_flip)
-    head.eval()
-    example = torch.rand(3, 3, meta.image_size, meta.image_size,
-                         generator=torch.Generator().manual_seed(0))
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(head, (example,), input_names=[INPUT], output_names=[OUTPUT],
-                                dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
-                                external_data=False, verbose=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_with(out, lambda tmp: program.save(tmp, external_data=False))
+    example = random_batch(meta.image_size)
+    export_graph(head, example, out, OUTPUT)
     with torch.no_grad():
         expected = head(example).numpy()
     difference = float(np.abs(OnnxModel(out, meta).run(example.numpy()) - expected).max())
@@ -81,6 +74,41 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     })
     log.info("%s: ONNX Runtime matches PyTorch within %.1g on a random batch", out, difference)
     return out
+
+
+def random_batch(image_size: int) -> torch.Tensor:
+    """The example input of an export, and the batch its parity check runs."""
+    return torch.rand(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+
+
+def export_graph(module: torch.nn.Module, example: torch.Tensor, out: Path, output: str) -> None:
+    """`module` (in eval mode) as an ONNX graph at `out`: input INPUT (example's shape, the batch
+    dimension dynamic), output `output`."""
+    module.eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(module, (example,), input_names=[INPUT], output_names=[output],
+                                dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
+                                external_data=False, verbose=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_with(out, lambda tmp: program.save(tmp, external_data=False))
+
+
+def ort_session(onnx_file: str | os.PathLike):
+    """An ONNX Runtime CPU session on the usable cores; CheckpointError naming the file."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = runtime.usable_cores()
+    options.inter_op_num_threads = 1
+    # no busy-waiting between calls: on a shared or small CPU the spinning threads would take
+    # the cores that decode the next images (and serve the next requests)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return onnxruntime.InferenceSession(os.fspath(onnx_file), options,
+                                            providers=["CPUExecutionProvider"])
+    except Exception as err:  # ONNX Runtime raises its own exception types
+        raise CheckpointError(f"{onnx_file}: not a loadable ONNX model "
+                              f"({str(err).splitlines()[0]})") from err
 
 
 def current_export(run: str | os.PathLike, tta_flip: bool) -> Path | None:
@@ -123,20 +151,7 @@ class OnnxModel:
     """An exported model in ONNX Runtime: the counterpart of predict_proba."""
 
     def __init__(self, onnx_file: str | os.PathLike, meta: ModelMeta):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = runtime.usable_cores()
-        options.inter_op_num_threads = 1
-        # no busy-waiting between calls: on a shared or small CPU the spinning threads would take
-        # the cores that decode the next images (and serve the next requests)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = onnxruntime.InferenceSession(
-                os.fspath(onnx_file), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # ONNX Runtime raises its own exception types
-            raise CheckpointError(f"{onnx_file}: not a loadable ONNX model "
-                                  f"({str(err).splitlines()[0]})") from err
+        self.session = ort_session(onnx_file)
         self.meta = meta
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -23,12 +23,11 @@ import numpy as np
 
 from imgclass import atomic, runtime
 from imgclass.config import build_config
-from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import epoch_order, iterate_batches
 from imgclass.optim import build_optimizer
 from imgclass.report import plot_lr_find
 from imgclass.runtime import Device
-from imgclass.training_setup import optimiser_step, setup_training
+from imgclass.training_setup import augmentation, optimiser_step, setup_training
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +79,8 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
     pixels, labels = setup.train.pixels, setup.train.labels
     loss_fn = setup.loss()
     scaler = device.grad_scaler()
-    augment = TrainAugment(config.augment, runtime.generator(config.seed, "augment"),
-                           setup.num_classes)
+    augment = augmentation(config, runtime.generator(config.seed, "augment"), setup.num_classes,
+                           setup.train)
     shuffle = runtime.generator(config.seed, "shuffle")
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     losses: list[float] = []

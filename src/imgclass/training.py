@@ -47,7 +47,6 @@ from imgclass.checkpoint import (
     save_model,
 )
 from imgclass.config import TrainConfig, build_config
-from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import Batch, epoch_order, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset
@@ -66,6 +65,7 @@ from imgclass.tracking import tensorboard
 from imgclass.training_setup import (
     Tensors,
     TrainingSetup,
+    augmentation,
     optimiser_step,
     setup_training,
     training_loss,
@@ -227,7 +227,7 @@ def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainC
                "augment": runtime.generator(config.seed, ranks.stream("augment"))}
     scaler = device.grad_scaler()
     trained = ranks.wrap(model, device.torch_device)
-    augment = TrainAugment(config.augment, streams["augment"], num_classes)
+    augment = augmentation(config, streams["augment"], num_classes, train_data)
     stopper = EarlyStopping(config.patience)
 
     def restore(state: TrainingState) -> list[EpochStats]:
@@ -545,7 +545,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         return _saved_split(run_dir, dataset)
 
     setup = setup_training(data_dir, config, cache_dir, device, ranks=ranks,
-                           split=resumed_split if stored is not None else None)
+                           split=resumed_split if stored is not None else None,
+                           progress=progress)
     dataset, split = setup.dataset, setup.split
     resume = None
     if stored is not None:
@@ -560,8 +561,12 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     # own), and before a new run writes anything, so a bad weights file leaves no run behind
     model = setup.new_model(dataclasses.replace(config, pretrained=None) if resume else config)
     if stored is None and ranks.is_main:
-        _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks, model)
-    log.info("%s", model_summary(model, config.image_size, title=f"model {config.model}"))
+        _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks,
+                               setup.backbone or model)
+    log.info("%s", model_summary(setup.backbone or model, config.image_size,
+                                 title=f"model {config.model}"))
+    if setup.backbone is not None:
+        log.info("training its new head on the backbone's cached features")
     if not ranks.is_main:  # dropout masks of its own
         torch.manual_seed(runtime.stream_seed(config.seed, ranks.stream("dropout")))
     with tensorboard(run_dir) if ranks.is_main else contextlib.nullcontext() as on_epoch:
@@ -595,12 +600,14 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
 
 def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted: FitResult,
                   started: float) -> dict:
-    """The files of a finished run: the model, history, curves, validation metrics and
-    predictions, and metrics.json last (a run without it can be resumed). Returns the metrics."""
+    """The files of a finished run: the model (setup.model_to_save), history, curves, validation
+    metrics and predictions (of `model`, the one trained, on what it was validated on), and
+    metrics.json last (a run without it can be resumed). Returns the metrics."""
     dataset, split, val_data, config = setup.dataset, setup.split, setup.val, setup.config
     device = setup.device
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
-    save_model(run_dir, model, ModelMeta.describe(model, dataset.classes, config.image_size,
+    saved = setup.model_to_save(model)
+    save_model(run_dir, saved, ModelMeta.describe(saved, dataset.classes, config.image_size,
                                                   config.model, config.tta_flip))
     rows = [asdict(h) for h in history]
     atomic.write_text(run_dir / "history.csv", _history_csv(rows))

@@ -4,6 +4,10 @@ setup_training(): the data (scanned, decoded once), its split, each side as tens
 when they fit there), on the device and precision chosen. TrainingSetup.new_model() and .loss()
 give the recipe's model and loss for it; optimiser_step() is the step every loop takes (autocast,
 the fp16 grad scaler where fp16 is used).
+
+With cached_features (the transfer recipe) the rows are the pretrained backbone's pooled features
+instead of pixels (data/features.py), and the model trained is its head alone (FeatureHead);
+TrainingSetup.backbone holds the backbone the head goes back into.
 """
 
 from __future__ import annotations
@@ -20,21 +24,32 @@ from torch import nn
 
 from imgclass import distributed, runtime
 from imgclass.config import TrainConfig
-from imgclass.data.dataset import Dataset, load_dataset
+from imgclass.data.augment import TrainAugment
+from imgclass.data.cache import DecodedImages, load_images
+from imgclass.data.dataset import Dataset, Loader, load_dataset
+from imgclass.data.features import load_features
+from imgclass.data.scan import Manifest
 from imgclass.data.split import Split, stratified_split
 from imgclass.distributed import Context
 from imgclass.models import build_model
+from imgclass.models.backbones import Backbone, FeatureHead
 from imgclass.runtime import Device
 
 log = logging.getLogger(__name__)
 
 
 class Tensors:
-    """One side of the split as tensors: uint8 pixels (N, H, W, 3) and int64 labels."""
+    """One side of the split as tensors: uint8 pixels (N, H, W, 3), or float32 features
+    (N, num_features), and int64 labels."""
 
     def __init__(self, dataset: Dataset, index: np.ndarray):
         self.pixels = torch.from_numpy(dataset.pixels[index])
         self.labels = torch.from_numpy(dataset.labels[index])
+
+    @property
+    def images(self) -> bool:
+        """Images (augmented in training), not a backbone's features."""
+        return not self.pixels.is_floating_point()
 
     def to(self, device: torch.device) -> Tensors:
         """Moved once to the device: batches are then cut and augmented there."""
@@ -42,11 +57,12 @@ class Tensors:
         return self
 
 
-def load_data(data_dir: Path, config: TrainConfig,
-              cache_dir: str | os.PathLike | None) -> Dataset:
-    """The decoded data set at the recipe's image size, its summary logged."""
+def load_data(data_dir: Path, config: TrainConfig, cache_dir: str | os.PathLike | None,
+              load: Loader = load_images) -> Dataset:
+    """The decoded data set at the recipe's image size (`load`: pixels, or features), its
+    summary logged."""
     dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts,
-                           config.max_pixels)
+                           config.max_pixels, load)
     log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
              len(dataset.labels), len(dataset.classes),
              ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
@@ -85,6 +101,12 @@ def training_loss(config: TrainConfig, labels: torch.Tensor, num_classes: int,
                                label_smoothing=config.label_smoothing)
 
 
+def augmentation(config: TrainConfig, generator: torch.Generator, num_classes: int,
+                 data: Tensors) -> TrainAugment | None:
+    """The recipe's training augmentation of images; None on cached features (used as is)."""
+    return TrainAugment(config.augment, generator, num_classes) if data.images else None
+
+
 def optimiser_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    optimizer: torch.optim.Optimizer, loss_fn: nn.Module, device: Device,
                    scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,14 +131,29 @@ class TrainingSetup:
     device: Device
     train: Tensors
     val: Tensors
+    backbone: Backbone | None = None  # cached_features: the backbone of the features
 
     @property
     def num_classes(self) -> int:
         return len(self.dataset.classes)
 
     def new_model(self, config: TrainConfig | None = None) -> nn.Module:
-        """The recipe's model (or another config's: a tune trial), seeded, on the device."""
-        return new_model(config or self.config, self.num_classes, self.device)
+        """The recipe's model (or another config's: a tune trial), seeded, on the device; on
+        cached features the backbone's head alone (a new one, seeded as the backbone's)."""
+        config = config or self.config
+        if self.backbone is None:
+            return new_model(config, self.num_classes, self.device)
+        dropout = config.dropout if config.dropout is not None else getattr(
+            self.backbone.net, "drop_rate", 0.0)
+        return FeatureHead(self.backbone, dropout).to(self.device.torch_device)
+
+    def model_to_save(self, trained: nn.Module) -> nn.Module:
+        """What the run keeps: the trained model, or on cached features the backbone with the
+        trained head put back (one model from pixels to classes)."""
+        if self.backbone is None:
+            return trained
+        trained.install(self.backbone)
+        return self.backbone
 
     def loss(self, config: TrainConfig | None = None) -> nn.Module:
         return training_loss(config or self.config, self.train.labels, self.num_classes,
@@ -125,13 +162,24 @@ class TrainingSetup:
 
 def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.PathLike | None,
                    device: Device, *, ranks: Context = distributed.SINGLE,
-                   split: Callable[[Dataset], Split] | None = None) -> TrainingSetup:
+                   split: Callable[[Dataset], Split] | None = None,
+                   progress: bool = False) -> TrainingSetup:
     """The data of `data_dir` decoded at the recipe's size, split (the recipe's seeded,
     duplicate-aware stratified split, or `split(dataset)`: a resumed run's), as tensors on the
     device where they take at most its share of free memory (streamed from host memory else).
-    Under torchrun rank 0 decodes into the cache first, the others read it."""
+    Under torchrun rank 0 decodes into the cache first, the others read it. cached_features:
+    the pretrained backbone is built (once the classes are known) and its features loaded."""
+    backbones: list[Backbone] = []
+    load: Loader = load_images
+    if config.cached_features:
+        def load(manifest: Manifest, size: int, cache: str | os.PathLike | None,
+                 max_pixels: int) -> DecodedImages:
+            backbones.append(new_model(config, len(manifest.classes), device))
+            return load_features(manifest, size, cache, max_pixels, model=backbones[-1],
+                                 device=device, progress=progress and ranks.is_main)
+
     with ranks.main_first():
-        dataset = load_data(data_dir, config, cache_dir)
+        dataset = load_data(data_dir, config, cache_dir, load)
     chosen = (split(dataset) if split is not None else
               stratified_split(dataset.labels, config.val_split, config.seed,
                                groups=dataset.sha256))
@@ -145,4 +193,5 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
              len(chosen.train), len(chosen.val), device.torch_device, device.precision,
              torch.get_num_threads(), processes,
              f"kept on {device.torch_device}" if on_device else "streamed from host memory")
-    return TrainingSetup(config, dataset, chosen, device, train_data, val_data)
+    return TrainingSetup(config, dataset, chosen, device, train_data, val_data,
+                         backbones[-1] if backbones else None)

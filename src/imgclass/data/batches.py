@@ -16,7 +16,10 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]: the one preprocessing step."""
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]: the one preprocessing step. Float
+    rows (a backbone's cached features, data/features.py) are a model's input already: as is."""
+    if pixels.is_floating_point():
+        return pixels.float()
     return pixels.permute(0, 3, 1, 2).float().div_(255)
 
 

@@ -60,8 +60,9 @@ def _decode_one(path: str, size: int, max_pixels: int) -> np.ndarray | str:
         return err.reason
 
 
-class _Shards:
-    """The shards of one image size: sha256 -> pixels (memory-mapped) or failure reason."""
+class Shards:
+    """The shards of one folder: sha256 -> a row (memory-mapped: pixels, or features) or the
+    reason it failed to decode."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -91,20 +92,22 @@ class _Shards:
 
 
 def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | None = None,
-                workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImages:
+                workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                announce: bool = True) -> DecodedImages:
     """Decoded pixels of every manifest item, from the cache where it has them.
 
     max_pixels: larger images are skipped without being decoded; that skip depends on the
     limit, not on the content, so it is not remembered (a higher limit later decodes them).
+    announce: log how many images are decoded now (a caller working in chunks says it once).
     """
-    shards = _Shards(Path(cache_dir or default_cache_dir()) / "decoded" / f"{size}x{size}")
+    shards = Shards(Path(cache_dir or default_cache_dir()) / "decoded" / f"{size}x{size}")
     todo: dict[str, str] = {}  # sha -> one path holding that content
     for item in manifest.items:
         if item.sha256 not in shards.rows and item.sha256 not in shards.failed:
             todo.setdefault(item.sha256, str(manifest.absolute(item)))
     if todo:
-        log.info("decoding %d images to %dx%d (cached for later runs)", len(todo), size, size)
+        log.log(logging.INFO if announce else logging.DEBUG,
+                "decoding %d images to %dx%d (cached for later runs)", len(todo), size, size)
         results = _decode_all(list(todo.values()), size, workers, max_pixels)
         good = [(sha, r) for sha, r in zip(todo, results) if not isinstance(r, str)]
         failed = {sha: r for sha, r in zip(todo, results) if isinstance(r, str)}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from imgclass.data.cache import load_images
+from imgclass.data.cache import DecodedImages, load_images
 from imgclass.data.images import DEFAULT_MAX_PIXELS
 from imgclass.data.scan import Manifest, ScanReport, Skipped, scan_folder
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 class Dataset:
     root: Path
     classes: list[str]
-    pixels: np.ndarray  # (N, H, W, 3) uint8: only the files that decoded
+    pixels: np.ndarray  # (N, H, W, 3) uint8: only the files that decoded (or, loaded by
+    #                     data/features.py, their (N, num_features) float32 backbone features)
     labels: np.ndarray  # (N,) int64
     paths: list[str]  # (N,) relative to root
     sha256: list[str]  # (N,)
@@ -33,23 +35,30 @@ class Dataset:
         return dict(zip(self.classes, counts.tolist()))
 
 
+# (manifest, image size, cache dir, max_pixels=) -> the rows of its items: the decoded pixels
+# (load_images), or a backbone's features of them (data/features.py)
+Loader = Callable[..., DecodedImages]
+
+
 def load_dataset(data_dir: str | os.PathLike, image_size: int,
                  cache_dir: str | os.PathLike | None = None,
-                 keep_conflicts: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+                 keep_conflicts: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 load: Loader = load_images) -> Dataset:
     """keep_conflicts: keep contents found under two classes (default: skip every copy).
 
     max_pixels: images with more pixels (width x height) are skipped, never decoded.
+    load: what the rows are (default: the decoded pixels).
     """
     manifest = scan_folder(data_dir)
-    return decode_manifest(manifest, image_size, cache_dir, keep_conflicts, max_pixels)
+    return decode_manifest(manifest, image_size, cache_dir, keep_conflicts, max_pixels, load)
 
 
 def decode_manifest(manifest: Manifest, image_size: int,
                     cache_dir: str | os.PathLike | None = None,
                     keep_conflicts: bool = False,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+                    max_pixels: int = DEFAULT_MAX_PIXELS, load: Loader = load_images) -> Dataset:
     used = manifest if keep_conflicts else manifest.without_conflicts()
-    decoded = load_images(used, image_size, cache_dir, max_pixels=max_pixels)
+    decoded = load(used, image_size, cache_dir, max_pixels=max_pixels)
     skipped = list(used.skipped)
     for index, reason in decoded.failures.items():
         skipped.append(Skipped(used.items[index].path, reason))

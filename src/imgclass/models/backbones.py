@@ -18,6 +18,7 @@ the file and what does not fit.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -113,6 +114,24 @@ class Backbone(nn.Module):
         head = {id(p) for p in self.head.parameters()}
         for param in self.net.parameters():
             param.requires_grad_(not frozen or id(param) in head)
+
+
+class FeatureHead(nn.Module):
+    """A Backbone's classifier alone, on its pooled features (Backbone.features): what the
+    transfer recipe trains on cached features; install() puts it back into the backbone."""
+
+    def __init__(self, backbone: Backbone, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = copy.deepcopy(backbone.head)
+        for param in self.classifier.parameters():  # zero: a linear probe starts at chance
+            nn.init.zeros_(param)  # (the backbone's own init gave logits of +-10 on features)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features))
+
+    def install(self, backbone: Backbone) -> None:
+        backbone.head.load_state_dict(self.classifier.state_dict())
 
 
 def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:

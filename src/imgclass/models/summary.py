@@ -14,6 +14,12 @@ _FOLDED = (nn.ReLU, nn.GELU, nn.SiLU)
 
 
 def _describe(module: nn.Module) -> str:
+    inner = [type(m).__name__ for m in module.modules()
+             if m is not module and not isinstance(m, nn.Identity)]
+    return ", ".join([_describe_one(module), *inner])
+
+
+def _describe_one(module: nn.Module) -> str:
     if isinstance(module, nn.Conv2d):
         k = "x".join(map(str, module.kernel_size))
         padding = "same" if module.padding == "same" else f"padding {module.padding}"
@@ -54,9 +60,16 @@ def model_summary(model: nn.Module, image_size: int, title: str = "") -> str:
         trainable, stats = _own_counts(module)
         rows.append([_describe(module), _shape(output), trainable + stats])
 
-    for module in model.modules():
-        if not list(module.children()):
-            hooks.append(module.register_forward_hook(record))
+    inside: set[nn.Module] = set()  # the children of a layer that has a row of its own
+    for module in model.modules():  # the leaves, and modules with parameters of their own
+        # (timm's BatchNormAct2d: one row, its activation named in it); no Identity rows
+        if module in inside or isinstance(module, nn.Identity):
+            continue
+        children = [m for m in module.modules() if m is not module]
+        if children and next(module.parameters(recurse=False), None) is None:
+            continue
+        inside.update(children)
+        hooks.append(module.register_forward_hook(record))
     was_training = model.training
     model.eval()
     try:

@@ -1,0 +1,124 @@
+"""The transfer recipe: EfficientNet-Lite0's ImageNet features (the weights installed with
+imgclass), computed once and cached, a new head trained on them; the run is a normal run (one
+model from pixels to classes: evaluate, predict, export, serve, report, resume)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from imgclass.checkpoint import load_model
+from imgclass.config import TrainConfig, build_config
+from imgclass.data.features import ONNX_FILE
+from imgclass.evaluation import evaluate
+from imgclass.lrfind import lr_find
+from imgclass.models.backbones import Backbone, imagenet_file, load_pretrained
+from imgclass.predict import Predictor
+from imgclass.training import train
+from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions
+from tests.conftest import make_class_tree
+from tests.service import request, running_service
+
+OPTIONS = {"recipe": "transfer", "image_size": 32, "epochs": 6, "patience": 0,
+           "precision": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_class_tree(tmp_path_factory.mktemp("transfer") / "data", per_class=8, size=40)
+
+
+@pytest.fixture(autouse=True)
+def _info(caplog):
+    with caplog.at_level(logging.INFO, logger="imgclass"):
+        yield
+
+
+def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    first = train(data, tmp_path / "first", cache_dir=cache, **OPTIONS)
+    assert "extracting tf_efficientnet_lite0 features of 24 images at 32x32" in caplog.text
+    assert "training its new head on the backbone's cached features" in caplog.text
+    [folder] = (cache / "features").glob("tf_efficientnet_lite0-*/32x32")
+    assert (folder / ONNX_FILE).is_file()  # extracted by ONNX Runtime on the CPU
+    config = json.loads((first.run_dir / "config.json").read_text())
+    weights = imagenet_file("tf_efficientnet_lite0")
+    assert config["pretrained_weights"]["sha256"] == hashlib.sha256(
+        weights.read_bytes()).hexdigest()
+    assert config["cached_features"] and config["model"] == "tf_efficientnet_lite0"
+
+    # one model from pixels to classes: the backbone with the trained head
+    loaded = load_model(first.run_dir)
+    assert isinstance(loaded.model, Backbone) and loaded.meta.image_size == 32
+    pristine = Backbone("tf_efficientnet_lite0", 3)
+    load_pretrained(pristine, "imagenet")
+    body = {k: v for k, v in pristine.state_dict().items() if "classifier" not in k}
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in body.items())  # frozen
+    assert loaded.model.head.weight.abs().sum() > 0  # trained (it starts at zero)
+    validated = ValPredictions.read(first.run_dir / VAL_PREDICTIONS, first.classes)
+    pixels_side = Predictor(first.run_dir, backend="pytorch", precision="fp32")
+    again = pixels_side.predict([data / p for p in validated.paths], top_k=3)
+    for row, prediction in zip(validated.probabilities, again):
+        order = np.argsort(-row)
+        assert prediction.labels == [first.classes[i] for i in order]
+        assert prediction.probabilities == pytest.approx(row[order].tolist(), abs=1e-4)
+    onnx_side = Predictor(first.run_dir, backend="onnx")  # model.onnx: the whole model
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    assert np.abs(onnx_side.predict_pixels(pixels)
+                  - pixels_side.predict_pixels(pixels)).max() < 1e-4
+    assert evaluate(first.run_dir, out=tmp_path / "eval").accuracy == pytest.approx(
+        json.loads((first.run_dir / "metrics.json").read_text())["val_accuracy"])
+    assert (first.run_dir / "report.html").stat().st_size > 10_000
+    with running_service(first.run_dir, tmp_path) as url:
+        status, answer = request(f"{url}/predict", (data / validated.paths[0]).read_bytes())
+    assert status == 200 and answer["predictions"][0]["labels"][0] == again[0].labels[0]
+
+    caplog.clear()  # the same data again: nothing decoded, nothing extracted, the same run
+    second = train(data, tmp_path / "second", cache_dir=cache, export=False, **OPTIONS)
+    assert "extracting" not in caplog.text and "decoding" not in caplog.text
+    assert [h.val_loss for h in second.history] == [h.val_loss for h in first.history]
+
+
+def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
+    options = {**OPTIONS, "export": False}
+    whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
+
+    @contextlib.contextmanager
+    def ctrl_c_after_epoch_3(run_dir):
+        def hook(stats):
+            if stats.epoch == 3:
+                raise KeyboardInterrupt
+        yield hook
+
+    monkeypatch.setattr("imgclass.training.tensorboard", ctrl_c_after_epoch_3)
+    cut = train(data, tmp_path / "cut", cache_dir=tmp_path / "cache", **options)
+    assert cut.interrupted and len(cut.history) == 3
+    monkeypatch.undo()
+    (cut.run_dir / "metrics.json").unlink()  # as after a kill: resumable from the checkpoint
+    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
+    a, b = load_model(whole.run_dir).model, load_model(resumed.run_dir).model
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values()))
+
+
+def test_lr_find_runs_on_cached_features(data, tmp_path):
+    result = lr_find(data, tmp_path / "lr", steps=12, cache_dir=tmp_path / "cache",
+                     **{k: v for k, v in OPTIONS.items() if k != "recipe"}, recipe="transfer")
+    assert len(result.losses) >= 3 and (tmp_path / "lr" / "lr_find.png").is_file()
+
+
+def test_transfer_options_are_checked():
+    assert build_config("transfer").image_size == 224
+    with pytest.raises(ValueError, match="cached_features need pretrained weights"):
+        TrainConfig(model="tf_efficientnet_lite0", cached_features=True).validate()
+    with pytest.raises(ValueError, match="no freeze_epochs, no tta_flip"):
+        build_config("transfer", tta_flip=True)
+    with pytest.raises(ValueError, match="need a pretrained backbone"):
+        build_config("transfer", model="seed_cnn")
