@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -55,6 +56,20 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGCLASS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def ctrl_c_after_epoch(monkeypatch, epoch: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) in `train` once epoch `epoch` is saved, through the per-epoch
+    hook train gives TensorBoard; monkeypatch.undo() ends it."""
+
+    @contextlib.contextmanager
+    def hooked(run_dir):
+        def hook(stats):
+            if stats.epoch == epoch:
+                raise KeyboardInterrupt
+        yield hook
+
+    monkeypatch.setattr("imgclass.training.tensorboard", hooked)
 
 
 @pytest.fixture(params=[False, True], ids=["fp32-cpu", "bf16-cpu"])

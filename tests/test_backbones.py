@@ -5,7 +5,6 @@ imgclass (checked against the reference implementation and on real daisies), fre
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ from imgclass.data.images import decode_image
 from imgclass.models import build_model
 from imgclass.models.backbones import LEGACY, Backbone, imagenet_file, load_pretrained
 from imgclass.training import train
-from tests.conftest import make_class_tree, shared_dataset
+from tests.conftest import ctrl_c_after_epoch, make_class_tree, shared_dataset
 
 BACKBONE_NAMES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]  # once torchvision's
 OPTIONS = {"model": "mobilenet_v3_small", "image_size": 32, "batch_size": 8, "patience": 0,
@@ -244,15 +243,7 @@ def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
     recorded = json.loads((reference.run_dir / "config.json").read_text())["pretrained_weights"]
     assert recorded["source"] == str(path)
     assert recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-
-    @contextlib.contextmanager
-    def ctrl_c_after_epoch_1(run_dir):
-        def hook(stats):
-            if stats.epoch == 1:
-                raise KeyboardInterrupt
-        yield hook
-
-    monkeypatch.setattr("imgclass.training.tensorboard", ctrl_c_after_epoch_1)
+    ctrl_c_after_epoch(monkeypatch, 1)
     first = train(data, tmp_path / "run", cache_dir=tmp_path / "cache", **options)
     assert first.interrupted and len(first.history) == 1
     monkeypatch.undo()

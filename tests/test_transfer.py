@@ -4,12 +4,12 @@ model from pixels to classes: evaluate, predict, export, serve, report, resume).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -22,7 +22,7 @@ from imgclass.models.backbones import Backbone, imagenet_file, load_pretrained
 from imgclass.predict import Predictor
 from imgclass.training import train
 from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions
-from tests.conftest import make_class_tree
+from tests.conftest import ctrl_c_after_epoch, make_class_tree
 from tests.service import request, running_service
 
 OPTIONS = {"recipe": "transfer", "image_size": 32, "epochs": 6, "patience": 0,
@@ -68,7 +68,9 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
         order = np.argsort(-row)
         assert prediction.labels == [first.classes[i] for i in order]
         assert prediction.probabilities == pytest.approx(row[order].tolist(), abs=1e-4)
-    onnx_side = Predictor(first.run_dir, backend="onnx")  # model.onnx: the whole model
+    onnx_side = Predictor(first.run_dir, backend="onnx")  # model.onnx: the whole model,
+    graph = onnx.load(str(first.run_dir / "model.onnx")).graph  # the cached body + the head
+    assert [node.op_type for node in graph.node][-2:] == ["Gemm", "Softmax"]
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     assert np.abs(onnx_side.predict_pixels(pixels)
                   - pixels_side.predict_pixels(pixels)).max() < 1e-4
@@ -88,15 +90,7 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
 def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
     options = {**OPTIONS, "export": False}
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
-
-    @contextlib.contextmanager
-    def ctrl_c_after_epoch_3(run_dir):
-        def hook(stats):
-            if stats.epoch == 3:
-                raise KeyboardInterrupt
-        yield hook
-
-    monkeypatch.setattr("imgclass.training.tensorboard", ctrl_c_after_epoch_3)
+    ctrl_c_after_epoch(monkeypatch, 3)
     cut = train(data, tmp_path / "cut", cache_dir=tmp_path / "cache", **options)
     assert cut.interrupted and len(cut.history) == 3
     monkeypatch.undo()

@@ -36,10 +36,13 @@ def metadata_path(onnx_file: str | os.PathLike) -> Path:
 
 
 def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                tta: bool | None = None) -> Path:
+                tta: bool | None = None, body: Path | None = None) -> Path:
     """Write RUN's model as ONNX (default RUN/model.onnx) and its metadata JSON; returns the path.
 
     tta: flip test-time augmentation inside the graph (default: as the run was validated).
+    body: the ONNX graph of the model's backbone up to its pooled features (a transfer run's
+    cached features.onnx): the run's linear head and softmax are appended to it instead of
+    exporting the whole model again (~0.5 s instead of ~10 s for EfficientNet-Lite0).
 
     The export is checked before it is kept: ONNX Runtime must give PyTorch's probabilities
     (within TOLERANCE) on a batch of random images, else CheckpointError.
@@ -50,7 +53,12 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     out = Path(out) if out else run / FILE
     head = Probabilities(loaded.model, meta.tta_flip)
     example = random_batch(meta.image_size)
-    export_graph(head, example, out, OUTPUT)
+    classifier = getattr(loaded.model, "head", None)
+    if body is not None and body.is_file() and not meta.tta_flip and isinstance(
+            classifier, torch.nn.Linear):
+        append_head(body, classifier, out)
+    else:
+        export_graph(head, example, out, OUTPUT)
     with torch.no_grad():
         expected = head(example).numpy()
     difference = float(np.abs(OnnxModel(out, meta).run(example.numpy()) - expected).max())
@@ -91,6 +99,30 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, out: Path, outp
                                 external_data=False, verbose=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(out, lambda tmp: program.save(tmp, external_data=False))
+
+
+def append_head(body: Path, linear: torch.nn.Linear, out: Path) -> None:
+    """`body` (INPUT -> pooled features, its one output) with `linear` and a softmax after it:
+    the whole model's graph, output OUTPUT. Checked like any export (export_onnx)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph_model = onnx.load(os.fspath(body))
+    graph = graph_model.graph
+    [features] = graph.output
+    batch = features.type.tensor_type.shape.dim[0]
+    graph.initializer.extend([
+        numpy_helper.from_array(linear.weight.detach().float().cpu().numpy(), "head.weight"),
+        numpy_helper.from_array(linear.bias.detach().float().cpu().numpy(), "head.bias")])
+    graph.node.extend([
+        helper.make_node("Gemm", [features.name, "head.weight", "head.bias"], ["head.logits"],
+                         transB=1),
+        helper.make_node("Softmax", ["head.logits"], [OUTPUT], axis=1)])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(
+        OUTPUT, TensorProto.FLOAT, [batch.dim_param or batch.dim_value, linear.out_features]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_with(out, lambda tmp: onnx.save(graph_model, os.fspath(tmp)))
 
 
 def ort_session(onnx_file: str | os.PathLike):

@@ -50,6 +50,8 @@ from imgclass.config import TrainConfig, build_config
 from imgclass.data.batches import Batch, epoch_order, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset
+from imgclass.data.features import ONNX_FILE as FEATURES_ONNX
+from imgclass.data.features import feature_folder
 from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json
 from imgclass.distributed import Context
@@ -374,12 +376,13 @@ def _warn_if_moved(run_dir: Path, stored: dict, device: Device, ranks: Context) 
                     "from an uninterrupted run", run_dir, ", ".join(changed))
 
 
-def _export(run_dir: Path) -> None:
-    """RUN/model.onnx, for fast CPU inference; the run stands without it."""
+def _export(run_dir: Path, body: Path | None = None) -> None:
+    """RUN/model.onnx, for fast CPU inference; the run stands without it. body: the backbone's
+    features.onnx of a transfer run (export_onnx)."""
     from imgclass.export import export_onnx  # ONNX and its exporter: only once training is done
 
     try:
-        export_onnx(run_dir)
+        export_onnx(run_dir, body=body)
     except Exception as err:  # the exporter raises many types; the model is saved already
         cause = err
         while cause is not None and not isinstance(cause, KeyboardInterrupt):
@@ -581,7 +584,10 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
 
     # Ctrl-C while the run's files are written waits for them (seconds), then skips what
     # `imgclass export` and `imgclass report` can write later
-    later = ([(ONNX_FILE, _export)] if export else []) + [(REPORT, _report)]
+    body = (feature_folder(setup.backbone, config.image_size, cache_dir) / FEATURES_ONNX
+            if setup.backbone is not None else None)
+    later = ([(ONNX_FILE, lambda run: _export(run, body))] if export else []) + [
+        (REPORT, _report)]
     unwritten = [name for name, _ in later]
     try:
         with _ctrl_c(defer=True):
