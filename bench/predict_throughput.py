@@ -5,6 +5,8 @@ repetition, time `Predictor(...).predict(<every flowers5 photo>)` (decoding in t
 images/s) with the run (PyTorch) and with the .onnx file (ONNX Runtime), PyTorch with one decoding
 thread too (what the parallel decoding brings), and the model alone on pre-decoded pixels.
 
+Then the latency of one image per `predict` call (decode + model), p50 and p99, both engines.
+
     python bench/predict_throughput.py RUN [RUN ...] [--data DIR] [--reps 3] [--limit N]
 """
 
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--limit", type=int, help="only N files, evenly spaced in sorted order")
+    parser.add_argument("--single", type=int, default=100,
+                        help="files predicted one call each, for the latency of one image")
     args = parser.parse_args()
     print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     files = list(expand_paths([args.data]))
@@ -62,12 +66,22 @@ def main() -> None:
                     predictors[name].predict_pixels(batch)
                     timings.setdefault(f"model only (batches of 64), {name}", []).append(
                         len(batch) / (time.perf_counter() - start))
+            latency = {name: [] for name in ("pytorch", "onnxruntime")}
+            for path in files[:args.single]:  # one image per call, as a service answers it
+                for name, values in latency.items():
+                    start = time.perf_counter()
+                    predictors[name].predict([path])
+                    values.append((time.perf_counter() - start) * 1000)
             meta = predictors["pytorch"].meta
             print(f"\n{run} ({meta.architecture}, {meta.image_size}x{meta.image_size}, "
                   f"tta_flip={meta.tta_flip})")
             for name, values in timings.items():
                 print(f"  {name:<44} {statistics.median(values):8.0f} "
                       f"[{min(values):.0f}-{max(values):.0f}]")
+            for name, values in latency.items():
+                cuts = statistics.quantiles(values, n=100)
+                print(f"  one image per call, {name}: p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} "
+                      f"ms ({len(values)} calls)")
             for kind in ("predict files", "model only (batches of 64)"):
                 ratio = (statistics.median(timings[f"{kind}, onnxruntime"])
                          / statistics.median(timings[f"{kind}, pytorch"]))
