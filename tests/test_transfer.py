@@ -102,6 +102,31 @@ def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
                                                   b.state_dict().values()))
 
 
+def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_path,
+                                                                     monkeypatch):
+    """--finetune-epochs N: after the head, every layer for N epochs on the images (the epochs
+    numbered after the head's); a run cut in the fine-tuning stage resumes as the whole one."""
+    options = {**OPTIONS, "epochs": 3, "finetune_epochs": 2, "finetune_lr": 1e-3,
+               "backbone_lr_scale": 0.1, "export": False}
+    whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
+    assert [h.epoch for h in whole.history] == [1, 2, 3, 4, 5] and whole.restored_epoch == 5
+    tuned = load_model(whole.run_dir).model
+    pristine = Backbone("tf_efficientnet_lite0", 3)
+    load_pretrained(pristine, "imagenet")
+    stem = "net.conv_stem.weight"
+    assert not torch.equal(tuned.state_dict()[stem], pristine.state_dict()[stem])
+
+    ctrl_c_after_epoch(monkeypatch, 4)  # the first fine-tuning epoch
+    cut = train(data, tmp_path / "cut", cache_dir=tmp_path / "cache", **options)
+    assert cut.interrupted and len(cut.history) == 4
+    monkeypatch.undo()
+    (cut.run_dir / "metrics.json").unlink()  # as after a kill
+    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
+    assert all(torch.equal(x, y) for x, y in zip(
+        tuned.state_dict().values(), load_model(resumed.run_dir).model.state_dict().values()))
+
+
 def test_lr_find_runs_on_cached_features(data, tmp_path):
     result = lr_find(data, tmp_path / "lr", steps=12, cache_dir=tmp_path / "cache",
                      **{k: v for k, v in OPTIONS.items() if k != "recipe"}, recipe="transfer")
@@ -114,5 +139,9 @@ def test_transfer_options_are_checked():
         TrainConfig(model="tf_efficientnet_lite0", cached_features=True).validate()
     with pytest.raises(ValueError, match="no freeze_epochs, no tta_flip"):
         build_config("transfer", tta_flip=True)
+    with pytest.raises(ValueError, match="finetune_epochs fine-tune after the head"):
+        build_config("fast", finetune_epochs=2)
+    with pytest.raises(ValueError, match="backbone_lr_scale must be > 0"):
+        build_config("transfer", backbone_lr_scale=0.0)
     with pytest.raises(ValueError, match="need a pretrained backbone"):
         build_config("transfer", model="seed_cnn")

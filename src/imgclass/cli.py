@@ -153,6 +153,12 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
 @click.option("--cached-features/--no-cached-features", default=None,
               help="Backbones with --pretrained: train the new head alone on the frozen "
                    "backbone's features, computed once and cached (the transfer recipe).")
+@click.option("--finetune-epochs", type=int, help="After the head on cached features: train "
+              "every layer this many epochs on the images (augmented, cosine schedule).")
+@click.option("--finetune-lr", type=float, help="Peak learning rate of the new head while "
+              "fine-tuning (per step at --lr-batch images).")
+@click.option("--backbone-lr-scale", type=float, help="Backbones: the pretrained layers' "
+              "learning rate as a share of the head's [default: the recipe's].")
 @click.option("--tta/--no-tta", "tta_flip", default=None,
               help="Validate and predict on each image and its mirror, averaged.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]),

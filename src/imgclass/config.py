@@ -44,6 +44,12 @@ class TrainConfig:
     # computed once (and cached: data/features.py), the new head trained on them (augment does
     # not apply to them); the run's model is the backbone with that head
     cached_features: bool = False
+    # then, when > 0, every layer trained for this many epochs on the images (the recipe's
+    # augmentation, a cosine schedule warming up over `warmup`, peaking at finetune_lr, no early
+    # stopping: the last epoch is kept)
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-4  # the new head's peak in that stage, per step of lr_batch images
+    backbone_lr_scale: float = 1.0  # backbones: the pretrained layers' lr = the head's x this
     dropout: float | None = None  # before the classifier; None: the model's own default
     image_size: int = 64  # pixels, square
     val_split: float = 0.2  # fraction of each class held out for validation
@@ -81,6 +87,12 @@ class TrainConfig:
         """The learning rate per optimiser step at this batch size, after lr_scaling."""
         ratio = self.batch_size / self.lr_batch
         return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+
+    def finetuning(self) -> TrainConfig:
+        """The config of the fine-tuning stage that follows the head on cached features."""
+        return dataclasses.replace(self, cached_features=False, epochs=self.finetune_epochs,
+                                   lr=self.finetune_lr, schedule="cosine", patience=0,
+                                   finetune_epochs=0)
 
     def replace(self, **overrides: Any) -> TrainConfig:
         """Return a copy with the given fields changed; None values are ignored.
@@ -138,6 +150,13 @@ class TrainConfig:
             (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
             (self.dropout is None or 0.0 <= self.dropout < 1.0,
              f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.finetune_epochs >= 0,
+             f"finetune_epochs must be >= 0, got {self.finetune_epochs}"),
+            (self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}"),
+            (self.backbone_lr_scale > 0,
+             f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}"),
+            (not self.finetune_epochs or self.cached_features,
+             "finetune_epochs fine-tune after the head on cached features (cached_features)"),
             (not self.cached_features or self.pretrained,
              "cached_features need pretrained weights: give --pretrained imagenet or FILE"),
             (not (self.cached_features and (self.freeze_epochs or self.tta_flip)),

@@ -19,12 +19,26 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     ~35 ms and SGD's ~8 ms instead of ~55 ms (docs/performance.md), the same update.
     """
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    groups = parameter_groups(model, config)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.step_lr, momentum=config.momentum,
+        return torch.optim.SGD(groups, lr=config.step_lr, momentum=config.momentum,
                                nesterov=True, weight_decay=config.weight_decay, fused=fused)
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return adam(model.parameters(), lr=config.step_lr, eps=config.adam_eps,
+    return adam(groups, lr=config.step_lr, eps=config.adam_eps,
                 weight_decay=config.weight_decay, fused=fused)
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """One group at the config's lr; for a pretrained backbone with backbone_lr_scale != 1, the
+    new head at that lr and every other layer at lr x backbone_lr_scale (a schedule scales both
+    alike)."""
+    head = getattr(model, "head", None)
+    if config.backbone_lr_scale == 1 or not isinstance(head, nn.Module) or head is model:
+        return [{"params": list(model.parameters())}]
+    own = {id(p) for p in head.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in own]},
+            {"params": [p for p in model.parameters() if id(p) not in own],
+             "lr": config.step_lr * config.backbone_lr_scale}]
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -33,7 +47,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
         return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.step_lr, total_steps=total, pct_start=max(config.warmup, 1e-3),
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total, pct_start=max(config.warmup, 1e-3),
             anneal_strategy="linear", cycle_momentum=False, div_factor=1 / WARMUP_START,
             final_div_factor=1e3)
     if config.schedule == "cosine":

@@ -76,6 +76,8 @@ from imgclass.val_predictions import ValPredictions
 
 log = logging.getLogger(__name__)
 
+FINETUNE = "finetune"  # in a run directory: the fine-tuning stage's checkpoint (transfer)
+
 
 @dataclass
 class EpochStats:
@@ -311,6 +313,25 @@ def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainC
         log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
                  kept, stopper.best_loss)
     return FitResult(history, kept, interrupted)
+
+
+def _resumed_state(folder: Path, config: TrainConfig) -> TrainingState | None:
+    """The checkpoint in `folder` to resume from (None: no completed epoch); CheckpointError
+    if it was written with another configuration."""
+    if not (folder / CHECKPOINT).exists():
+        return None
+    state = load_checkpoint(folder)
+    if state.config != config.to_dict():
+        raise CheckpointError(f"{folder / CHECKPOINT}: written with another configuration than "
+                              f"the run's config.json")
+    return state
+
+
+def _joined(first: FitResult, then: FitResult) -> FitResult:
+    """Two stages as one run: the second's epochs numbered after the first's; its end kept."""
+    offset = len(first.history)
+    later = [dataclasses.replace(stats, epoch=stats.epoch + offset) for stats in then.history]
+    return FitResult(first.history + later, offset + then.restored_epoch, then.interrupted)
 
 
 def _history_csv(rows: list[dict]) -> str:
@@ -551,15 +572,9 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
                            split=resumed_split if stored is not None else None,
                            progress=progress)
     dataset, split = setup.dataset, setup.split
-    resume = None
-    if stored is not None:
-        if (run_dir / CHECKPOINT).exists():
-            resume = load_checkpoint(run_dir)
-            if resume.config != config.to_dict():
-                raise CheckpointError(f"{run_dir / CHECKPOINT}: written with another "
-                                      f"configuration than {run_dir / 'config.json'}")
-        else:
-            log.info("%s: no completed epoch to resume from: starting at epoch 1", run_dir)
+    resume = _resumed_state(run_dir, config) if stored is not None else None
+    if stored is not None and resume is None:
+        log.info("%s: no completed epoch to resume from: starting at epoch 1", run_dir)
     # the pretrained weights are read unless the run resumes from a checkpoint (which has its
     # own), and before a new run writes anything, so a bad weights file leaves no run behind
     model = setup.new_model(dataclasses.replace(config, pretrained=None) if resume else config)
@@ -576,6 +591,21 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         fitted = fit(model, setup.train, setup.val, config, device, setup.num_classes,
                      progress, checkpoint_dir=run_dir, resume=resume, ranks=ranks,
                      on_epoch=on_epoch)
+        if config.finetune_epochs and not fitted.interrupted:
+            model = setup.model_to_save(model)  # the backbone with the head just trained
+            setup = setup.with_images()
+            tuning = config.finetuning()
+            folder = run_dir / FINETUNE
+            folder.mkdir(exist_ok=True)
+            log.info("fine-tuning every layer for %d epochs (lr %.3g, backbone x %g)",
+                     tuning.epochs, tuning.lr, tuning.backbone_lr_scale)
+            offset = len(fitted.history)  # the stage's epochs numbered after the head's
+            tuned = fit(model, setup.train, setup.val, tuning, device, setup.num_classes,
+                        progress, checkpoint_dir=folder,
+                        resume=_resumed_state(folder, tuning) if stored else None, ranks=ranks,
+                        on_epoch=on_epoch and (lambda stats: on_epoch(dataclasses.replace(
+                            stats, epoch=stats.epoch + offset))))
+            fitted = _joined(fitted, tuned)
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
     runtime.release_freed_memory()  # activations, gradients, optimiser state: done with
     if not ranks.is_main:  # rank 0 writes the run's files

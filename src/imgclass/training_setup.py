@@ -12,6 +12,7 @@ TrainingSetup.backbone holds the backbone the head goes back into.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from imgclass.data.augment import TrainAugment
 from imgclass.data.cache import DecodedImages, load_images
 from imgclass.data.dataset import Dataset, Loader, load_dataset
 from imgclass.data.features import load_features
-from imgclass.data.scan import Manifest
+from imgclass.data.scan import DataError, Manifest
 from imgclass.data.split import Split, stratified_split
 from imgclass.distributed import Context
 from imgclass.models import build_model
@@ -132,6 +133,8 @@ class TrainingSetup:
     train: Tensors
     val: Tensors
     backbone: Backbone | None = None  # cached_features: the backbone of the features
+    data_dir: Path | None = None  # where the data came from, and its cache (with_images)
+    cache_dir: str | os.PathLike | None = None
 
     @property
     def num_classes(self) -> int:
@@ -146,6 +149,18 @@ class TrainingSetup:
         dropout = config.dropout if config.dropout is not None else getattr(
             self.backbone.net, "drop_rate", 0.0)
         return FeatureHead(self.backbone, dropout).to(self.device.torch_device)
+
+    def with_images(self) -> TrainingSetup:
+        """The same data and split as decoded images, for fine-tuning after a head on cached
+        features (the pixel cache holds them: the features were extracted from them)."""
+        dataset = load_data(self.data_dir, self.config, self.cache_dir)
+        if dataset.sha256 != self.dataset.sha256:
+            raise DataError(f"{self.data_dir}: its images changed while training (not those "
+                            "whose features the head was trained on)")
+        train_data, val_data, on_device = _tensors(dataset, self.split, self.device)
+        log.info("fine-tuning on the images, %s", _where(self.device, on_device))
+        return dataclasses.replace(self, dataset=dataset, train=train_data, val=val_data,
+                                   backbone=None)
 
     def model_to_save(self, trained: nn.Module) -> nn.Module:
         """What the run keeps: the trained model, or on cached features the backbone with the
@@ -183,15 +198,26 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
     chosen = (split(dataset) if split is not None else
               stratified_split(dataset.labels, config.val_split, config.seed,
                                groups=dataset.sha256))
-    train_data, val_data = Tensors(dataset, chosen.train), Tensors(dataset, chosen.val)
+    train_data, val_data, on_device = _tensors(dataset, chosen, device)
+    processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
+    log.info("training on %d images, validating on %d; %s, %s, %d threads%s; %s %s",
+             len(chosen.train), len(chosen.val), device.torch_device, device.precision,
+             torch.get_num_threads(), processes, "images" if train_data.images else "features",
+             _where(device, on_device))
+    return TrainingSetup(config, dataset, chosen, device, train_data, val_data,
+                         backbones[-1] if backbones else None, data_dir, cache_dir)
+
+
+def _tensors(dataset: Dataset, split: Split, device: Device) -> tuple[Tensors, Tensors, bool]:
+    """The two sides of the split as tensors, on the device where they take at most its share
+    of free memory (True), else in host memory; the dataset's own array is released."""
+    train_data, val_data = Tensors(dataset, split.train), Tensors(dataset, split.val)
     dataset.pixels = dataset.pixels[:0]  # the two sides hold copies: not kept twice (-45 MB)
     on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
     if on_device:
         train_data, val_data = train_data.to(device.torch_device), val_data.to(device.torch_device)
-    processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
-    log.info("training on %d images, validating on %d; %s, %s, %d threads%s; images %s",
-             len(chosen.train), len(chosen.val), device.torch_device, device.precision,
-             torch.get_num_threads(), processes,
-             f"kept on {device.torch_device}" if on_device else "streamed from host memory")
-    return TrainingSetup(config, dataset, chosen, device, train_data, val_data,
-                         backbones[-1] if backbones else None)
+    return train_data, val_data, on_device
+
+
+def _where(device: Device, on_device: bool) -> str:
+    return f"kept on {device.torch_device}" if on_device else "streamed from host memory"
