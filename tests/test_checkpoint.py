@@ -49,7 +49,11 @@ def test_missing_and_mismatched_files_are_clear_errors(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     meta = json.loads((run / "model.json").read_text())
     (run / "model.json").write_text(json.dumps({**meta, "classes": ["a", "b"]}))
-    with pytest.raises(CheckpointError, match="not matching"):
+    with pytest.raises(CheckpointError, match=r"its classes \(a, b\) are not those saved with "
+                                              r"the weights .*\(blue, green, red\)"):
+        load_model(run)
+    (run / "model.json").write_text(json.dumps({**meta, "architecture": "fast_resnet"}))
+    with pytest.raises(CheckpointError, match="not matching fast_resnet"):
         load_model(run)
     (run / "model.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="unreadable"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -123,6 +124,12 @@ def test_onnx_without_its_metadata_or_broken_is_a_clear_error(exported_onnx, tmp
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(exported_onnx.read_bytes()[:1000])
     shutil.copy(metadata_path(exported_onnx), metadata_path(broken))
+    with pytest.raises(CheckpointError, match=r"broken\.onnx: damaged or changed since its "
+                                              r"export .*export it again"):
+        Predictor(broken)
+    document = json.loads(metadata_path(broken).read_text())  # its hash recorded: still broken
+    document["onnx_sha256"] = hashlib.sha256(broken.read_bytes()).hexdigest()
+    metadata_path(broken).write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match=r"broken\.onnx: not a loadable ONNX model"):
         Predictor(broken)
 
@@ -229,3 +236,46 @@ def test_no_export_and_a_failed_export_leave_a_working_run(tmp_path, monkeypatch
     assert (failed.run_dir / "metrics.json").is_file()
     assert not (failed.run_dir / "model.onnx").exists()
     assert Predictor(failed.run_dir).predict([data / "red"])[0].label in failed.classes
+
+
+@pytest.mark.precision
+def test_a_damaged_or_relabelled_model_never_answers(trained_run, tmp_path, caplog, monkeypatch):
+    """Issue 13.1: one flipped byte in model.onnx, or a class list reordered beside the weights,
+    is caught: a run falls back to its PyTorch weights with a warning (on a CPU where auto would
+    take ONNX Runtime), a .onnx file given alone is refused, and so is a relabelled run."""
+    monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "0")  # auto takes a current export here
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    pixels = np.random.default_rng(8).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    expected = Predictor(run, backend="pytorch", precision="fp32").predict_pixels(pixels)
+    assert Predictor(run).backend == "onnxruntime"
+    onnx_file = run / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    onnx_file.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="imgclass"):
+        predictor = Predictor(run)
+    assert predictor.backend == "pytorch" and "damaged or changed since its export" in caplog.text
+    assert np.abs(predictor.predict_pixels(pixels) - expected).max() < 1e-6
+    with pytest.raises(ValueError, match=r"no current model\.onnx"):
+        Predictor(run, backend="onnx")
+    with pytest.raises(CheckpointError, match=r"model\.onnx: damaged or changed since its export"):
+        Predictor(onnx_file)
+    result = CliRunner().invoke(main, ["predict", str(onnx_file), str(tmp_path)])
+    assert result.exit_code == 1 and "damaged or changed" in result.output
+    assert "Traceback" not in result.output
+
+    alone = export_onnx(run, tmp_path / "alone.onnx")  # classes reordered beside the file
+    document = json.loads(metadata_path(alone).read_text())
+    document["classes"] = document["classes"][::-1]
+    metadata_path(alone).write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match=r"alone\.onnx: the classes in alone\.onnx\.json "
+                                              r"\(.*\) are not those exported in the file"):
+        Predictor(alone)
+
+    meta = json.loads((run / "model.json").read_text())  # a run's class list reordered
+    (run / "model.json").write_text(json.dumps({**meta, "classes": meta["classes"][::-1]}))
+    for backend in ("auto", "pytorch"):
+        with pytest.raises(CheckpointError, match=r"model\.json: its classes .* are not those "
+                                                  r"saved with the weights"):
+            Predictor(run, backend=backend)

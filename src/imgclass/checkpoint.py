@@ -128,7 +128,10 @@ def _read_safetensors(path: Path, checksum_required: bool = True,
 
 def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> None:
     folder = Path(folder)
-    _write_safetensors(folder / WEIGHTS, model.state_dict(), {"format": "pt"})
+    # the classes travel with the weights (inside their checksum): model.json is checked
+    # against them, so an edited or swapped class list is refused instead of mislabelling
+    _write_safetensors(folder / WEIGHTS, model.state_dict(),
+                       {"format": "pt", "classes": json.dumps(meta.classes)})
     atomic.write_json(folder / METADATA, asdict(meta))
 
 
@@ -169,7 +172,12 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
         model = build_model(meta.architecture, len(meta.classes), meta.image_size)
     except ValueError as err:
         raise CheckpointError(f"{meta_file}: {err}") from err
-    state, _ = _read_safetensors(weights, checksum_required=False)  # older runs have none
+    state, metadata = _read_safetensors(weights, checksum_required=False)  # older: none
+    saved = json.loads(metadata["classes"]) if "classes" in metadata else meta.classes
+    if saved != meta.classes:
+        raise CheckpointError(f"{meta_file}: its classes ({', '.join(meta.classes)}) are not "
+                              f"those saved with the weights in {weights} "
+                              f"({', '.join(saved)}): edited or mixed up")
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as err:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from imgclass import atomic, runtime
-from imgclass.checkpoint import CheckpointError, ModelMeta, load_model, weights_digest
+from imgclass.checkpoint import CheckpointError, ModelMeta, load_model, read_meta, weights_digest
+from imgclass.data.scan import file_sha256
 from imgclass.evaluation import Probabilities
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         append_head(body, classifier, out)
     else:
         export_graph(head, example, out, OUTPUT)
+    _stamp_classes(out, meta.classes)
     with torch.no_grad():
         expected = head(example).numpy()
     difference = float(np.abs(OnnxModel(out, meta).run(example.numpy()) - expected).max())
@@ -79,6 +81,7 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
         "source_run": str(run.resolve()),
         "weights_sha256": weights_digest(run),  # which weights: see current_export
+        "onnx_sha256": file_sha256(out),  # the file's own bytes: see check_onnx
     })
     log.info("%s: ONNX Runtime matches PyTorch within %.1g on a random batch", out, difference)
     return out
@@ -143,6 +146,33 @@ def ort_session(onnx_file: str | os.PathLike):
                               f"({str(err).splitlines()[0]})") from err
 
 
+CLASSES_KEY = "imgclass.classes"  # the ONNX file's own metadata_props: its class list (JSON)
+
+
+def _stamp_classes(out: Path, classes: list[str]) -> None:
+    """The class list into the ONNX file itself (metadata_props), so the file's sha256 covers
+    it and a class list edited beside it (model.onnx.json) is caught (check_onnx)."""
+    import onnx
+
+    graph_model = onnx.load(os.fspath(out))
+    onnx.helper.set_model_props(graph_model, {CLASSES_KEY: json.dumps(classes)})
+    atomic.write_with(out, lambda tmp: onnx.save(graph_model, os.fspath(tmp)))
+
+
+def check_onnx(onnx_file: Path, document: dict) -> None:
+    """CheckpointError naming the file unless its bytes are those recorded at export (the
+    sha256 in its .onnx.json); an export made before imgclass recorded it cannot be checked."""
+    recorded = document.get("onnx_sha256")
+    if recorded is None:
+        raise CheckpointError(f"{onnx_file}: no sha256 of the file in "
+                              f"{metadata_path(onnx_file).name} (exported by an older imgclass): "
+                              "export it again")
+    if file_sha256(onnx_file) != recorded:
+        raise CheckpointError(f"{onnx_file}: damaged or changed since its export (its sha256 "
+                              f"is not the one in {metadata_path(onnx_file).name}): export it "
+                              "again")
+
+
 def current_export(run: str | os.PathLike, tta_flip: bool) -> Path | None:
     """RUN/model.onnx if it holds the run's present weights and this TTA setting, else None.
 
@@ -162,6 +192,14 @@ def current_export(run: str | os.PathLike, tta_flip: bool) -> Path | None:
     if digest is None or document.get("weights_sha256") != digest:
         log.warning("%s not used: exported from other weights than %s/model.safetensors "
                     "(export again with `imgclass export %s`)", path, run, run)
+        return None
+    try:
+        check_onnx(path, document)
+        if meta.classes != read_meta(run).classes:
+            raise CheckpointError(f"{metadata_path(path)}: its classes are not those of "
+                                  f"{run}/model.json")
+    except CheckpointError as err:
+        log.warning("%s not used, PyTorch answers instead: %s", path, err)
         return None
     return path if meta.tta_flip == tta_flip else None
 
@@ -185,6 +223,11 @@ class OnnxModel:
     def __init__(self, onnx_file: str | os.PathLike, meta: ModelMeta):
         self.session = ort_session(onnx_file)
         self.meta = meta
+        inside = self.session.get_modelmeta().custom_metadata_map.get(CLASSES_KEY)
+        if inside is not None and json.loads(inside) != meta.classes:
+            raise CheckpointError(f"{onnx_file}: the classes in {metadata_path(onnx_file).name} "
+                                  f"({', '.join(meta.classes)}) are not those exported in the "
+                                  f"file ({', '.join(json.loads(inside))})")
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 in [0, 1] -> (N, classes) probabilities."""

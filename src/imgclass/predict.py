@@ -26,7 +26,7 @@ from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_im
 from imgclass.data.ingest import is_os_junk
 from imgclass.evaluation import predict_proba
 from imgclass.export import FILE as ONNX_FILE
-from imgclass.export import OnnxModel, current_export, read_metadata
+from imgclass.export import OnnxModel, check_onnx, current_export, read_metadata
 from imgclass.runtime import Device
 
 
@@ -123,6 +123,7 @@ class Predictor:
 
     def _load_onnx(self, onnx_file: Path, tta: bool | None) -> None:
         self.meta, document = read_metadata(onnx_file)
+        check_onnx(onnx_file, document)  # never answers from a damaged or changed file
         if tta is not None and tta != self.meta.tta_flip:
             inside = "with" if self.meta.tta_flip else "without"
             raise ValueError(f"{onnx_file}: exported {inside} flip test-time augmentation "

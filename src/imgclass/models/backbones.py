@@ -19,7 +19,6 @@ the file and what does not fit.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import pickle
@@ -30,6 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+
+from imgclass.data.scan import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +222,6 @@ def imagenet_file(name: str) -> Path:
         return Path(hf_hub_download(hub_id, "model.safetensors"))
     except Exception as err:  # the hub raises many types (HTTP, offline, missing entry)
         raise _download_hint(f"{hub_id} from the Hugging Face hub", err) from err
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_pretrained(model: Backbone, source: str | os.PathLike) -> None:
