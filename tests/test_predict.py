@@ -1,6 +1,10 @@
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +90,26 @@ def test_predict_command_csv_and_jsonl_from_onnx(exported_onnx, trained_run, tmp
                                        "--format", "jsonl"])
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [x["error"] for x in lines] == [None, None, "not an image (unrecognised format)"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+def test_special_files_are_skipped_never_opened(trained_run, tmp_path):
+    """Issue 13.7: a FIFO given to predict (directly or in a folder) or inside a folder given to
+    prepare blocked the open forever; it is skipped with a reason (real processes, time-limited,
+    so a regression fails instead of hanging the suite)."""
+    photos = make_class_tree(tmp_path / "photos", per_class=1, seed=3)
+    os.mkfifo(photos / "red" / "pipe.jpg")
+    os.mkfifo(tmp_path / "alone.jpg")
+    command = [sys.executable, "-m", "imgclass", "predict", str(trained_run),
+               str(tmp_path / "alone.jpg"), str(photos), "--format", "jsonl"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {Path(row["path"]).name: row for row in map(json.loads, done.stdout.splitlines())}
+    assert rows["alone.jpg"]["error"] == rows["pipe.jpg"]["error"] == "not a regular file"
+    assert sum(row["error"] is None for row in rows.values()) == 3
+    done = subprocess.run([sys.executable, "-m", "imgclass", "prepare", str(photos), "--out",
+                           str(tmp_path / "prepared")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "prepared" / "red" / "pipe.jpg").exists()
+    assert len(list((tmp_path / "prepared").rglob("*.jpg"))) == 3

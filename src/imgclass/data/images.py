@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ REASON_TOO_MANY_PIXELS = "too many pixels"
 REASON_CORRUPT = "truncated or corrupt image data"
 REASON_UNDECODABLE = "cannot decode"
 REASON_UNREADABLE = "cannot read file"
+REASON_NOT_A_FILE = "not a regular file"
 
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
@@ -105,6 +107,22 @@ def _display_name(source: str | os.PathLike | bytes, path_for_errors: str | None
     return os.fspath(source)
 
 
+def _open_regular(path: str | os.PathLike, name: str) -> io.BufferedIOBase:
+    """The file opened for reading if it is a regular one. Opened without blocking and checked
+    on the open descriptor: a FIFO (named pipe) would otherwise block the open until a writer
+    comes, and a device or socket is no image either."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ImageDecodeError(name, f"{REASON_UNREADABLE} ({e.strerror or e})") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageDecodeError(name, REASON_NOT_A_FILE)
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return open(fd, "rb")  # noqa: SIM115 - closed by the caller's `with stream`
+
+
 @contextmanager
 def _open(source: str | os.PathLike | bytes, name: str) -> Iterator[Image.Image]:
     """Open the image lazily (header only); any failure inside the block becomes ImageDecodeError.
@@ -114,10 +132,7 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Iterator[Image.Image]
     if isinstance(source, (bytes, bytearray, memoryview)):
         stream: io.BufferedIOBase = io.BytesIO(source)
     else:
-        try:
-            stream = open(source, "rb")  # noqa: SIM115 - closed by the `with stream` below
-        except OSError as e:
-            raise ImageDecodeError(name, f"{REASON_UNREADABLE} ({e.strerror or e})") from e
+        stream = _open_regular(source, name)
     with stream, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if stream.seek(0, io.SEEK_END) == 0:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from imgclass import atomic
+from imgclass.data.images import REASON_NOT_A_FILE
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,8 @@ def _scan_folder(
             if full.is_symlink() and not full.resolve().is_relative_to(top):
                 reason = f"symbolic link pointing outside {source.label}: refused"
                 source.skip(rel.as_posix(), reason, warn=True)
+            elif not full.is_file():  # a FIFO would block the read; devices, sockets: no photo
+                source.skip(rel.as_posix(), REASON_NOT_A_FILE)
             elif _member_problem(rel.parts) == _NESTED:
                 archives.append((full, str(root / rel)))
             else:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclass.data.images import REASON_NOT_A_FILE
 from imgclass.data.ingest import is_os_junk
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ REASON_JUNK_FOLDER = "OS junk folder"
 REASON_LINK_OUTSIDE = "symbolic link pointing outside the data root"
 REASON_LINK_BROKEN = "broken symbolic link"
 REASON_LINK_LOOP = "symbolic link loop"
-REASON_NOT_A_FILE = "not a regular file"
 REASON_NAME_CLASH = "name clashes with another file's once its non-UTF-8 bytes are written \\xNN"
 REASON_CONFLICT = "label conflict: same content also in class"
 
