@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from imgclass.cli import main
 from imgclass.data.dataset import load_dataset
+from imgclass.data.scan import DataError
 from tests.conftest import make_class_tree
 
 ODD_NAME = "red/caf\\xe9 \\xff.jpg"  # how the scan writes red/caf<0xE9> <0xFF>.jpg
@@ -140,3 +142,29 @@ def test_a_messy_tree_trains_with_no_leakage_and_a_scan_report(tmp_path):
     assert scan["images"] == {"blue": 13, "broken": 0, "empty": 0, "green": 9, "red": 9}
     assert len(scan["conflicts"]) == 1 and len(scan["duplicates"]) == 3
     assert evaluate(run).count == len(val_files)  # the odd names are found again by path
+
+
+def test_a_run_is_never_written_into_nor_read_as_data(tmp_path):
+    """Issue 13.2: --out inside the data folder (a class folder, the root) is refused before
+    anything is written; a run directory found in a data folder is skipped, never a class."""
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    for out in (data / "run", data / "red" / "run", data):
+        result = CliRunner().invoke(main, ["train", str(data), "--out", str(out),
+                                           "--epochs", "1", "--image-size", "8"])
+        assert result.exit_code == 1, result.output
+        assert f"--out {out} is inside the data folder {data}" in result.output
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(run), "--epochs", "1",
+                                       "--image-size", "8", "--no-export"])
+    assert result.exit_code == 0, result.output
+    shutil.copytree(run, data / "old-run")  # a run put among the classes
+    shutil.copytree(run, data / "red" / "old-run")  # and inside a class
+    dataset = load_dataset(data, 8, cache_dir=tmp_path / "cache")
+    assert dataset.classes == ["blue", "green", "red"] and len(dataset.labels) == 12
+    reasons = {s.path: s.reason for s in dataset.skipped}
+    assert reasons["old-run"] == reasons["red/old-run"] == "an imgclass run directory, not photos"
+    with pytest.raises(DataError, match="an imgclass run directory, not photos"):
+        load_dataset(run, 8, cache_dir=tmp_path / "cache")

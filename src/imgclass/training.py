@@ -353,6 +353,10 @@ def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{data_dir.resolve().name}-{recipe}-{stamp}"
     out = Path(out)
+    data = data_dir.resolve()
+    if out.resolve() == data or out.resolve().is_relative_to(data):
+        raise ValueError(f"--out {out} is inside the data folder {data_dir}: the run's files "
+                         "would be read as photos; choose a folder outside it")
     if not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
         if _finished(out):
             raise FileExistsError(f"{out}: holds a finished run; choose another --out or "

@@ -37,6 +37,8 @@ REASON_LINK_OUTSIDE = "symbolic link pointing outside the data root"
 REASON_LINK_BROKEN = "broken symbolic link"
 REASON_LINK_LOOP = "symbolic link loop"
 REASON_NAME_CLASH = "name clashes with another file's once its non-UTF-8 bytes are written \\xNN"
+REASON_RUN_DIR = "an imgclass run directory, not photos"
+RUN_MARKERS = ("config.json", "split.json")  # what every imgclass run directory holds
 REASON_CONFLICT = "label conflict: same content also in class"
 
 
@@ -169,6 +171,9 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{text_name(str(root))}: not a folder")
+    if is_run_dir(root):
+        raise DataError(f"{text_name(str(root))}: {REASON_RUN_DIR} (give the folder of photos "
+                        "it was trained on)")
     scan = _Scan(root)
     class_dirs: list[tuple[str, os.DirEntry, Path]] = []  # (class name, entry, real folder)
     for name, entry in scan.entries(root, ""):
@@ -180,6 +185,8 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
             continue
         if real == scan.root_real:
             scan.skip(name, REASON_LINK_LOOP)
+        elif real.is_dir() and is_run_dir(real):  # no class: a run written into the data
+            scan.skip(name, REASON_RUN_DIR)
         elif real.is_dir():
             class_dirs.append((name, entry, real))
         else:
@@ -264,6 +271,8 @@ class _Scan:
             if is_dir:
                 if real in ancestors:
                     self.skip(child, REASON_LINK_LOOP)
+                elif is_run_dir(real):  # its plots and logs are no photos of the class
+                    self.skip(child, REASON_RUN_DIR)
                 else:
                     self.walk(Path(entry.path), real, child, disk_child, label, ancestors | {real})
             elif not _is_file(entry):
@@ -277,6 +286,10 @@ class _Scan:
                 if child != disk_child:
                     self.disk_paths[child] = disk_child
                 self.items.append(ManifestItem(child, label, digest))
+
+
+def is_run_dir(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in RUN_MARKERS)
 
 
 def _join(rel: str, name: str) -> str:
