@@ -34,7 +34,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from imgclass import atomic, distributed, runtime
+from imgclass import atomic, distributed, rundir, runtime
 from imgclass.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_SUMMARY,
@@ -357,6 +357,7 @@ def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
     if out.resolve() == data or out.resolve().is_relative_to(data):
         raise ValueError(f"--out {out} is inside the data folder {data_dir}: the run's files "
                          "would be read as photos; choose a folder outside it")
+    rundir.check_out_folder(out)
     if not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
         if _finished(out):
             raise FileExistsError(f"{out}: holds a finished run; choose another --out or "
@@ -364,9 +365,13 @@ def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
         raise FileExistsError(f"{out}: holds an unfinished run; continue it with --resume "
                               f"{out}, or choose another --out or overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (CHECKPOINT, CHECKPOINT_SUMMARY, "metrics.json"):  # never resume another run
-        (out / stale).unlink(missing_ok=True)
     return out
+
+
+def _clear_stale(run_dir: Path) -> None:
+    """A new run into a folder that held one (--overwrite) never resumes or reports it."""
+    for stale in (CHECKPOINT, CHECKPOINT_SUMMARY, "metrics.json"):
+        (run_dir / stale).unlink(missing_ok=True)
 
 
 def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
@@ -503,9 +508,13 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
                          data_dir)
             data_dir = Path(data_dir)
             run_dir = ranks.on_main(lambda: _run_dir(out, data_dir, config.recipe, overwrite))
-        with _run_log(run_dir, append=stored is not None, write=ranks.is_main):
-            return _train(data_dir, run_dir, config, cache_dir, progress, stored, device, ranks,
-                          export)
+        # one process trains into a folder at a time (rank 0 for all under torchrun)
+        with rundir.locked(run_dir) if ranks.is_main else contextlib.nullcontext():
+            if stored is None and ranks.is_main:
+                _clear_stale(run_dir)
+            with _run_log(run_dir, append=stored is not None, write=ranks.is_main):
+                return _train(data_dir, run_dir, config, cache_dir, progress, stored, device,
+                              ranks, export)
     finally:
         package_log.setLevel(level)
         ranks.stop()

@@ -1,0 +1,78 @@
+"""What a folder must be to receive a run, and the lock one training process holds on it.
+
+A new run goes into a folder that is absent, empty, an imgclass run (replaced only with
+--overwrite), or what a run that stopped before describing itself left (its log); a folder of
+anyone else's files is refused, never written into. While a process trains, it holds an OS lock
+on RUN/.imgclass.lock (removed when it ends): a second process training into the same folder is
+refused with one line naming the holder, and the lock dies with its process, so a killed run never
+leaves the folder locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from imgclass.data.scan import is_run_dir
+
+LOCK = ".imgclass.lock"
+# what a run writes before it describes itself (config.json, split.json): a run that failed that
+# early leaves only these, and the folder may take a run again
+_EARLY = {"train.log", "tensorboard", LOCK}
+
+
+def check_out_folder(out: Path) -> None:
+    """FileExistsError naming `out` when it holds files that are not an imgclass run's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; choose another --out")
+    if is_run_dir(out) or any((out / name).exists() for name in ("model.safetensors",
+                                                                  "checkpoint.safetensors")):
+        return
+    foreign = sorted(name for name in os.listdir(out) if name not in _EARLY)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise FileExistsError(f"{out}: holds files that are not an imgclass run ({shown}); "
+                              "choose another --out (--overwrite replaces only a run)")
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock while the block runs; FileExistsError naming the holder if another
+    process holds it. The lock file is removed when the block ends (a killed process leaves it,
+    unlocked). Where the OS has no flock (Windows), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    path = run_dir / LOCK
+    while True:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FileExistsError(f"{run_dir}: another imgclass process (pid {holder}) is "
+                                  "training into it; wait for it to end, or choose another "
+                                  "--out") from None
+        try:  # the file locked is still the one at the path (not removed by a holder ending)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # removed while still held: no one locks a stale file
+        handle.close()
