@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from imgclass.cli import main
 from imgclass.data.dataset import load_dataset
@@ -168,3 +169,23 @@ def test_a_run_is_never_written_into_nor_read_as_data(tmp_path):
     assert reasons["old-run"] == reasons["red/old-run"] == "an imgclass run directory, not photos"
     with pytest.raises(DataError, match="an imgclass run directory, not photos"):
         load_dataset(run, 8, cache_dir=tmp_path / "cache")
+
+
+def test_max_pixels_gives_the_same_data_whatever_the_cache_holds(tmp_path):
+    """Issue 13.5: a warm cache (decoded under a higher limit) ignored --max-pixels; and 0 was
+    accepted. The limit is decided from each file's header at scan time."""
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    Image.new("RGB", (120, 90), (200, 40, 30)).save(data / "red" / "large.png")
+    cache = tmp_path / "cache"
+    cold = load_dataset(data, 8, cache_dir=cache, max_pixels=10_000)
+    everything = load_dataset(data, 8, cache_dir=cache)  # now the cache holds large.png too
+    warm = load_dataset(data, 8, cache_dir=cache, max_pixels=10_000)
+    assert "red/large.png" in everything.paths and len(everything.paths) == 13
+    for dataset in (cold, warm):
+        assert dataset.paths == cold.paths and "red/large.png" not in dataset.paths
+        assert {s.path: s.reason for s in dataset.skipped}["red/large.png"] == (
+            "too many pixels (120 x 90 > 10000)")
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
+                                       "--max-pixels", "0"])
+    assert result.exit_code == 2 and "--max-pixels" in result.output
+    assert not (tmp_path / "run").exists()

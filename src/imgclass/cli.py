@@ -168,7 +168,7 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
               "[default: auto].")
 @click.option("--keep-conflicts", is_flag=True, default=None,
               help="Keep images whose content also appears under another class.")
-@click.option("--max-pixels", type=int,
+@click.option("--max-pixels", type=click.IntRange(min=1),
               help="Skip images with more pixels (width x height) [default: 100,000,000].")
 @_CACHE_DIR
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
@@ -264,8 +264,8 @@ _BACKEND = click.option(
               show_default=True, help="csv: path, label_1, probability_1, ..., error; "
               "jsonl: one JSON object per line.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch.")
-@click.option("--max-pixels", type=int, help="Skip images with more pixels (width x height) "
-              "[default: 100,000,000].")
+@click.option("--max-pixels", type=click.IntRange(min=1), help="Skip images with more pixels "
+              "(width x height) [default: 100,000,000].")
 @_TTA
 @_BACKEND
 def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_size: int,
@@ -327,7 +327,7 @@ def export(run: Path, fmt: str, out: Path | None, tta: bool | None) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-upload-mb", type=float, default=20, show_default=True,
               help="Largest request body; larger ones get 413.")
-@click.option("--max-pixels", type=int, default=40_000_000, show_default=True,
+@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
               help="Largest image (width x height); larger ones get 413.")
 @click.option("--top-k", type=int, default=3, show_default=True,
               help="Labels per image unless the request asks (?top_k=).")

@@ -127,6 +127,7 @@ class TrainConfig:
             (self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
             (0.0 < self.val_split < 1.0, f"val_split must be in (0, 1), got {self.val_split}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_pixels >= 1, f"max_pixels must be >= 1, got {self.max_pixels}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),

@@ -58,6 +58,7 @@ def decode_manifest(manifest: Manifest, image_size: int,
                     keep_conflicts: bool = False,
                     max_pixels: int = DEFAULT_MAX_PIXELS, load: Loader = load_images) -> Dataset:
     used = manifest if keep_conflicts else manifest.without_conflicts()
+    used = used.within(max_pixels)
     decoded = load(used, image_size, cache_dir, max_pixels=max_pixels)
     skipped = list(used.skipped)
     for index, reason in decoded.failures.items():

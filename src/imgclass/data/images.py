@@ -107,6 +107,18 @@ def _display_name(source: str | os.PathLike | bytes, path_for_errors: str | None
     return os.fspath(source)
 
 
+def header_size(content: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header (nothing decoded); None if Pillow finds no
+    image header there (the decoder then says why)."""
+    try:
+        with warnings.catch_warnings():  # (called from one thread: scan's walk)
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(content)) as img:
+                return img.width, img.height
+    except Exception:  # Pillow's many failures, decompression bombs included: no area (such
+        return None  # files never decode, so no cache holds them either)
+
+
 def _open_regular(path: str | os.PathLike, name: str) -> io.BufferedIOBase:
     """The file opened for reading if it is a regular one. Opened without blocking and checked
     on the open descriptor: a FIFO (named pipe) would otherwise block the open until a writer

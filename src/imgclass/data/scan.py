@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.data.images import REASON_NOT_A_FILE
+from imgclass.data.images import REASON_NOT_A_FILE, REASON_TOO_MANY_PIXELS, header_size
 from imgclass.data.ingest import is_os_junk
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class ManifestItem:
     path: str  # relative to the data root, POSIX separators, as text (non-UTF-8 bytes as \xNN)
     label: int  # index into Manifest.classes
     sha256: str  # of the file's bytes: the cache key, and what finds duplicates
+    size: tuple[int, int] | None = None  # (width, height) from its header (None: none read)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,19 @@ class Manifest:
         return [SameContent(sha, [i.path for i in copies],
                             [self.classes[label] for label in sorted({i.label for i in copies})])
                 for sha, copies in by_sha.items() if len(copies) > 1]
+
+    def within(self, max_pixels: int) -> Manifest:
+        """This manifest with the images of more than max_pixels moved to skipped: the limit
+        decided here from each file's header, so it gives the same data whatever a cache holds
+        (decoded, or features of, images a higher limit let in)."""
+        def large(item: ManifestItem) -> bool:
+            return item.size is not None and item.size[0] * item.size[1] > max_pixels
+
+        kept = [item for item in self.items if not large(item)]
+        left_out = [Skipped(item.path, f"{REASON_TOO_MANY_PIXELS} ({item.size[0]} x "
+                                       f"{item.size[1]} > {max_pixels})")
+                    for item in self.items if large(item)]
+        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths)
 
     def without_conflicts(self) -> Manifest:
         """This manifest with every copy of a content found under two classes moved to skipped."""
@@ -279,13 +293,14 @@ class _Scan:
                 self.skip(child, REASON_NOT_A_FILE)
             else:
                 try:
-                    digest = file_sha256(entry.path)
+                    content = Path(entry.path).read_bytes()
                 except OSError as err:
                     self.skip(child, f"cannot read file ({err.strerror or err})")
                     continue
                 if child != disk_child:
                     self.disk_paths[child] = disk_child
-                self.items.append(ManifestItem(child, label, digest))
+                self.items.append(ManifestItem(child, label, hashlib.sha256(content).hexdigest(),
+                                               header_size(content)))
 
 
 def is_run_dir(folder: Path) -> bool:
