@@ -113,3 +113,12 @@ def test_special_files_are_skipped_never_opened(trained_run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "prepared" / "red" / "pipe.jpg").exists()
     assert len(list((tmp_path / "prepared").rglob("*.jpg"))) == 3
+
+
+def test_a_batch_size_below_one_is_refused(trained_run):
+    """Issue 13.11: predict --batch-size 0 ended in range()'s error, serve answered 500s."""
+    for command in (["predict", str(trained_run), str(trained_run)], ["serve", str(trained_run)]):
+        result = CliRunner().invoke(main, [*command, "--batch-size", "0"])
+        assert result.exit_code == 2 and "--batch-size" in result.output
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        Predictor(trained_run, batch_size=0)

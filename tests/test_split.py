@@ -29,6 +29,10 @@ def test_one_class_or_single_image_class_is_a_clear_error():
         stratified_split(np.zeros(10, dtype=np.int64), 0.2, 0)
     with pytest.raises(DataError, match="at least 2 images"):
         stratified_split(np.array([0, 0, 0, 1]), 0.2, 0)
+    with pytest.raises(DataError, match=r"at least 2 images .*; dog has 1$"):  # issue 13.11
+        stratified_split(np.array([0, 0, 0, 1, 2, 2]), 0.2, 0, classes=["cat", "dog", "emu"])
+    with pytest.raises(DataError, match=r"; cat, emu have 1$"):
+        stratified_split(np.array([0, 1, 1, 2]), 0.2, 0, classes=["cat", "dog", "emu"])
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

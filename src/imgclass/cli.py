@@ -263,7 +263,8 @@ _BACKEND = click.option(
 @click.option("--format", "fmt", type=click.Choice(["text", "csv", "jsonl"]), default="text",
               show_default=True, help="csv: path, label_1, probability_1, ..., error; "
               "jsonl: one JSON object per line.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per batch.")
 @click.option("--max-pixels", type=click.IntRange(min=1), help="Skip images with more pixels "
               "(width x height) [default: 100,000,000].")
 @_TTA
@@ -331,7 +332,7 @@ def export(run: Path, fmt: str, out: Path | None, tta: bool | None) -> None:
               help="Largest image (width x height); larger ones get 413.")
 @click.option("--top-k", type=int, default=3, show_default=True,
               help="Labels per image unless the request asks (?top_k=).")
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most images one model call takes from concurrent requests.")
 @_BACKEND
 def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: int, top_k: int,

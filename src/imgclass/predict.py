@@ -77,6 +77,8 @@ class Predictor:
                  tta: bool | None = None, backend: str = "auto", precision: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         runtime.configure()
         self.source = Path(source)
         self.batch_size = batch_size

@@ -197,7 +197,7 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
         dataset = load_data(data_dir, config, cache_dir, load)
     chosen = (split(dataset) if split is not None else
               stratified_split(dataset.labels, config.val_split, config.seed,
-                               groups=dataset.sha256))
+                               groups=dataset.sha256, classes=dataset.classes))
     train_data, val_data, on_device = _tensors(dataset, chosen, device)
     processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
     log.info("training on %d images, validating on %d; %s, %s, %d threads%s; %s %s",

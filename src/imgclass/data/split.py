@@ -59,12 +59,13 @@ def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
-                     groups: Sequence[str] | None = None) -> Split:
+                     groups: Sequence[str] | None = None,
+                     classes: Sequence[str] | None = None) -> Split:
     """Each class contributes about val_fraction of its images to validation.
 
     groups: one key per image (its sha256); images sharing a key always land on the same side,
     and val_fraction then counts distinct contents. A group's class is that of its first image
-    (groups span classes only when label conflicts are kept).
+    (groups span classes only when label conflicts are kept). classes: the names errors use.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if groups is None:
@@ -86,8 +87,10 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         raise DataError(f"need at least 2 classes with images to train, found {len(present)}")
     if present.min() < 2:
         copies = " of different content (copies count once)" if len(first) < len(labels) else ""
+        short = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
+        named = ", ".join(classes[c] if classes is not None else f"class {c}" for c in short)
         raise DataError(f"every class needs at least 2 images{copies} (one for training, one "
-                        f"for validation); the smallest has {present.min()}")
+                        f"for validation); {named} {'has' if len(short) == 1 else 'have'} 1")
     n_val = max(round(val_fraction * len(first)), len(present))  # at least one per class
     if len(first) - n_val < len(present):
         raise DataError(f"a validation share of {val_fraction} of {len(first)} images leaves "
