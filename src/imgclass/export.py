@@ -29,6 +29,7 @@ INPUT, OUTPUT = "pixels", "probabilities"
 FILE = "model.onnx"  # in a run directory: written at the end of `train` and by `export`
 OPSET = 18
 TOLERANCE = 1e-4  # largest difference in probability tolerated between PyTorch and ONNX Runtime
+CLASSES_KEY = "imgclass.classes"  # the ONNX file's own metadata_props: its class list (JSON)
 
 
 def metadata_path(onnx_file: str | os.PathLike) -> Path:
@@ -55,12 +56,14 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     head = Probabilities(loaded.model, meta.tta_flip)
     example = random_batch(meta.image_size)
     classifier = getattr(loaded.model, "head", None)
+    # the class list goes into the file itself (metadata_props), so the file's sha256 covers it
+    # and a class list edited beside it (model.onnx.json) is caught (OnnxModel)
+    props = {CLASSES_KEY: json.dumps(meta.classes)}
     if body is not None and body.is_file() and not meta.tta_flip and isinstance(
             classifier, torch.nn.Linear):
-        append_head(body, classifier, out)
+        append_head(body, classifier, out, props)
     else:
-        export_graph(head, example, out, OUTPUT)
-    _stamp_classes(out, meta.classes)
+        export_graph(head, example, out, OUTPUT, props)
     with torch.no_grad():
         expected = head(example).numpy()
     difference = float(np.abs(OnnxModel(out, meta).run(example.numpy()) - expected).max())
@@ -92,21 +95,24 @@ def random_batch(image_size: int) -> torch.Tensor:
     return torch.rand(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
 
 
-def export_graph(module: torch.nn.Module, example: torch.Tensor, out: Path, output: str) -> None:
+def export_graph(module: torch.nn.Module, example: torch.Tensor, out: Path, output: str,
+                 props: dict[str, str] | None = None) -> None:
     """`module` (in eval mode) as an ONNX graph at `out`: input INPUT (example's shape, the batch
-    dimension dynamic), output `output`."""
+    dimension dynamic), output `output`; props: the file's metadata_props."""
     module.eval()
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(module, (example,), input_names=[INPUT], output_names=[output],
                                 dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
                                 external_data=False, verbose=False)
+    program.model.metadata_props.update(props or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(out, lambda tmp: program.save(tmp, external_data=False))
 
 
-def append_head(body: Path, linear: torch.nn.Linear, out: Path) -> None:
+def append_head(body: Path, linear: torch.nn.Linear, out: Path, props: dict[str, str]) -> None:
     """`body` (INPUT -> pooled features, its one output) with `linear` and a softmax after it:
-    the whole model's graph, output OUTPUT. Checked like any export (export_onnx)."""
+    the whole model's graph, output OUTPUT, with `props` as its metadata_props. Checked like
+    any export (export_onnx)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -124,6 +130,7 @@ def append_head(body: Path, linear: torch.nn.Linear, out: Path) -> None:
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(
         OUTPUT, TensorProto.FLOAT, [batch.dim_param or batch.dim_value, linear.out_features]))
+    helper.set_model_props(graph_model, props)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(out, lambda tmp: onnx.save(graph_model, os.fspath(tmp)))
 
@@ -146,17 +153,13 @@ def ort_session(onnx_file: str | os.PathLike):
                               f"({str(err).splitlines()[0]})") from err
 
 
-CLASSES_KEY = "imgclass.classes"  # the ONNX file's own metadata_props: its class list (JSON)
-
-
-def _stamp_classes(out: Path, classes: list[str]) -> None:
-    """The class list into the ONNX file itself (metadata_props), so the file's sha256 covers
-    it and a class list edited beside it (model.onnx.json) is caught (check_onnx)."""
-    import onnx
-
-    graph_model = onnx.load(os.fspath(out))
-    onnx.helper.set_model_props(graph_model, {CLASSES_KEY: json.dumps(classes)})
-    atomic.write_with(out, lambda tmp: onnx.save(graph_model, os.fspath(tmp)))
+def caused_by_ctrl_c(err: BaseException) -> bool:
+    """Whether a Ctrl-C (KeyboardInterrupt) is behind `err`: torch's exporter wraps it in its
+    own errors."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None
 
 
 def check_onnx(onnx_file: Path, document: dict) -> None:

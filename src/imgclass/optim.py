@@ -7,6 +7,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from imgclass.config import TrainConfig
+from imgclass.models.backbones import Backbone
 
 WARMUP_START = 1 / 25  # warm-up starts at lr x this (OneCycleLR's default div_factor)
 
@@ -32,10 +33,9 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """One group at the config's lr; for a pretrained backbone with backbone_lr_scale != 1, the
     new head at that lr and every other layer at lr x backbone_lr_scale (a schedule scales both
     alike)."""
-    head = getattr(model, "head", None)
-    if config.backbone_lr_scale == 1 or not isinstance(head, nn.Module) or head is model:
+    if config.backbone_lr_scale == 1 or not isinstance(model, Backbone):
         return [{"params": list(model.parameters())}]
-    own = {id(p) for p in head.parameters()}
+    own = {id(p) for p in model.head.parameters()}
     return [{"params": [p for p in model.parameters() if id(p) in own]},
             {"params": [p for p in model.parameters() if id(p) not in own],
              "lr": config.step_lr * config.backbone_lr_scale}]

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from imgclass.checkpoint import CHECKPOINT, WEIGHTS
 from imgclass.data.scan import is_run_dir
 
 LOCK = ".imgclass.lock"
@@ -29,8 +30,7 @@ def check_out_folder(out: Path) -> None:
         return
     if not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder; choose another --out")
-    if is_run_dir(out) or any((out / name).exists() for name in ("model.safetensors",
-                                                                  "checkpoint.safetensors")):
+    if is_run_dir(out) or any((out / name).exists() for name in (WEIGHTS, CHECKPOINT)):
         return
     foreign = sorted(name for name in os.listdir(out) if name not in _EARLY)
     if foreign:

@@ -85,13 +85,18 @@ _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo); empty where they cannot be read."""
+def _cpuinfo(field: str) -> str:
+    """The first CPU's `field` in /proc/cpuinfo ("flags", "model name"); "" where unreadable."""
     try:
         with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
+            line = next((line for line in f if line.split(":", 1)[0].strip() == field), "")
     except OSError:
-        return set()
+        return ""
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
 
 
 def cpu_has_native_bf16() -> bool:
@@ -113,13 +118,7 @@ def cpu_has_native_bf16() -> bool:
 def describe_cpu() -> str:
     """One line for benchmark output: the CPU, its relevant flags, the bf16 answer in force and
     the load average (figures are only comparable beside these)."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), "")
-    except OSError:
-        pass
+    model = _cpuinfo("model name")
     flags = _cpu_flags()
     shown = " ".join(flag for flag in _SHOWN_FLAGS if flag in flags) or "none of " + "/".join(
         _SHOWN_FLAGS)

@@ -409,15 +409,13 @@ def _warn_if_moved(run_dir: Path, stored: dict, device: Device, ranks: Context) 
 def _export(run_dir: Path, body: Path | None = None) -> None:
     """RUN/model.onnx, for fast CPU inference; the run stands without it. body: the backbone's
     features.onnx of a transfer run (export_onnx)."""
-    from imgclass.export import export_onnx  # ONNX and its exporter: only once training is done
+    # ONNX and its exporter: only once training is done
+    from imgclass.export import caused_by_ctrl_c, export_onnx
 
     try:
         export_onnx(run_dir, body=body)
     except Exception as err:  # the exporter raises many types; the model is saved already
-        cause = err
-        while cause is not None and not isinstance(cause, KeyboardInterrupt):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:  # torch's exporter wraps a Ctrl-C in its own error
+        if caused_by_ctrl_c(err):
             raise KeyboardInterrupt from err
         log.warning("%s: model.onnx not written (%s); predict and serve use PyTorch, "
                     "`imgclass export` retries", run_dir, str(err).splitlines()[0])

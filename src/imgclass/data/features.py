@@ -66,7 +66,7 @@ class OnnxFeatures:
     @classmethod
     def open(cls, model: Backbone, image_size: int, folder: Path) -> OnnxFeatures | None:
         """None where the export fails (a warning): PyTorch extracts then, the same numbers."""
-        from imgclass.export import export_graph, ort_session, random_batch
+        from imgclass.export import caused_by_ctrl_c, export_graph, ort_session, random_batch
 
         path = folder / ONNX_FILE
         try:
@@ -84,7 +84,7 @@ class OnnxFeatures:
                     raise ValueError(f"ONNX Runtime differs from PyTorch by {difference:.2g}")
             return cls(ort_session(path))
         except Exception as err:  # the exporter raises many types; PyTorch does the same work
-            if _interrupted(err):
+            if caused_by_ctrl_c(err):
                 raise KeyboardInterrupt from err
             log.warning("%s: no ONNX export of the backbone (%s); extracting with PyTorch", path,
                         str(err).splitlines()[0])
@@ -100,14 +100,6 @@ class OnnxFeatures:
         from imgclass.export import model_input
 
         return self.run_float(model_input(pixels))
-
-
-def _interrupted(err: BaseException) -> bool:
-    """Whether a Ctrl-C is behind `err` (torch's exporter wraps it in its own errors)."""
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, KeyboardInterrupt):
-        cause = cause.__cause__ or cause.__context__
-    return cause is not None
 
 
 def extract(model: Backbone, pixels: np.ndarray, device: Device,

@@ -79,7 +79,7 @@ def decode_image(
     name = _display_name(source, path_for_errors)
     with _open(source, name) as img:
         if img.width * img.height > max_pixels:
-            reason = f"{REASON_TOO_MANY_PIXELS} ({img.width} x {img.height} > {max_pixels})"
+            reason = too_many_pixels(img.width, img.height, max_pixels)
             raise ImageDecodeError(name, reason)
         if img.format in ("JPEG", "MPO"):  # libjpeg decodes at 1/2..1/8 scale, >= the target
             turned = _orientation(img) in _SWAPS_AXES
@@ -105,6 +105,11 @@ def _display_name(source: str | os.PathLike | bytes, path_for_errors: str | None
     if isinstance(source, (bytes, bytearray, memoryview)):
         return "<upload>"
     return os.fspath(source)
+
+
+def too_many_pixels(width: int, height: int, max_pixels: int) -> str:
+    """The skip reason of an image over the pixel limit."""
+    return f"{REASON_TOO_MANY_PIXELS} ({width} x {height} > {max_pixels})"
 
 
 def header_size(content: bytes) -> tuple[int, int] | None:

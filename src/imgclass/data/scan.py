@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.data.images import REASON_NOT_A_FILE, REASON_TOO_MANY_PIXELS, header_size
+from imgclass.data.images import REASON_NOT_A_FILE, header_size, too_many_pixels
 from imgclass.data.ingest import is_os_junk
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class Manifest:
             return item.size is not None and item.size[0] * item.size[1] > max_pixels
 
         kept = [item for item in self.items if not large(item)]
-        left_out = [Skipped(item.path, f"{REASON_TOO_MANY_PIXELS} ({item.size[0]} x "
-                                       f"{item.size[1]} > {max_pixels})")
+        left_out = [Skipped(item.path, too_many_pixels(*item.size, max_pixels))
                     for item in self.items if large(item)]
         return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths)
 
