@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -64,3 +65,20 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 1
     assert "Error:" in result.output and "missing" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_run_whose_json_files_are_damaged_is_named_in_one_line(trained_run, tmp_path):
+    for name in ("config.json", "split.json"):
+        run = tmp_path / name.split(".")[0]
+        shutil.copytree(trained_run, run)
+        (run / name).write_text('{"epochs": 2,')
+        result = CliRunner().invoke(main, ["report", str(run)])
+        assert result.exit_code == 1, result.output
+        assert f"{run / name}: not valid JSON" in result.output
+        assert "Traceback" not in result.output
+    recipe = tmp_path / "mine.json"
+    recipe.write_text('{"epochs": "ten"}')
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "config"), "--recipe",
+                                       str(recipe)])
+    assert result.exit_code == 1
+    assert f'{recipe}: epochs must be an integer, got "ten"' in result.output

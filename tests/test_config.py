@@ -34,3 +34,36 @@ def test_recipe_file_and_round_trip(tmp_path):
     assert TrainConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown recipe"):
         load_recipe("nope")
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"epoch": 2}, r"unknown field 'epoch': did you mean 'epochs'\?"),
+    ({"epochs": "ten"}, r'epochs must be an integer, got "ten"'),
+    ({"epochs": 1.5}, r"epochs must be an integer, got 1.5"),
+    ({"epochs": True}, r"epochs must be an integer, got true"),
+    ({"tta_flip": 1}, r"tta_flip must be true or false, got 1"),
+    ({"pretrained": 3}, r"pretrained must be a string or null, got 3"),
+    ({"augment": {"hflp": False}}, r"unknown field 'augment.hflp': did you mean "
+                                   r"'augment.hflip'\?"),
+    ({"augment": {"zoom": "big"}}, r'augment.zoom must be a number, got "big"'),
+    ({"augment": [1]}, r"augment must be an object, got \[1\]"),
+    ([{"epochs": 2}], r"a recipe must be a JSON object of TrainConfig fields, got list"),
+])
+def test_a_recipe_file_of_wrong_fields_or_types_is_refused_naming_the_file(
+        tmp_path, content, message):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'mine.json'}: {message}"):
+        load_recipe(str(path))
+
+
+def test_a_recipe_file_takes_an_integer_for_a_number():
+    assert TrainConfig.from_dict({"lr": 1, "dropout": None}).lr == 1
+
+
+@pytest.mark.parametrize("text", ["{\"epochs\": 2,}", "\xff\xfe"])
+def test_a_recipe_file_that_is_not_json_is_named(tmp_path, text):
+    path = tmp_path / "mine.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"^{path}: not (valid JSON|a JSON file)"):
+        load_recipe(str(path))

@@ -5,6 +5,7 @@ the temporary file is fsynced before the rename, so even a power loss cannot lea
 empty file. `sync_dir=True` also fsyncs the folder, so that the rename itself survives a power
 loss (one more fsync, about as slow as the first: used for the per-epoch checkpoint, not for
 thousands of prepared images, where a lost rename only means the file is written again).
+read_json() is the reader's side: a file that is not JSON is named in its error.
 """
 
 from __future__ import annotations
@@ -61,3 +62,13 @@ def write_text(dest: str | os.PathLike, text: str, *, sync_dir: bool = False) ->
 def write_json(dest: str | os.PathLike, value: Any, *, sync_dir: bool = False) -> None:
     # ASCII escapes: a path with non-UTF-8 bytes (a lone surrogate in Python) still writes
     write_text(dest, json.dumps(value, indent=2, ensure_ascii=True) + "\n", sync_dir=sync_dir)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; ValueError naming the file (and where) when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a JSON file (not UTF-8 text)") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err

@@ -147,7 +147,7 @@ def read_meta(run: str | os.PathLike) -> ModelMeta:
     """The ModelMeta of a run directory, without loading its weights."""
     _, meta_file = _model_files(Path(run))
     try:
-        return ModelMeta(**json.loads(meta_file.read_text()))
+        return ModelMeta(**atomic.read_json(meta_file))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{meta_file}: unreadable model metadata ({err})") from err
 

@@ -7,12 +7,16 @@ reference system of `docs/reference-system` exactly (Keras CNN, Animals-10, 70.4
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclass import atomic
 from imgclass.data.images import DEFAULT_MAX_PIXELS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -117,8 +121,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        data["augment"] = AugmentConfig(**data.get("augment", {}))
+        """From TrainConfig fields (augment: a dict of AugmentConfig fields), each checked
+        against its type: ValueError naming the first unknown field (with the nearest valid
+        name) or the first value of the wrong type."""
+        data = dict(_checked(cls, data))
+        data["augment"] = AugmentConfig(**_checked(AugmentConfig, data.get("augment", {}),
+                                                   "augment."))
         return cls(**data)
 
     def validate(self) -> None:
@@ -226,6 +234,49 @@ def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     return config
 
 
+def _accepts(kind: Any, value: Any) -> bool:
+    """Whether a JSON value fits a field's type: bool is not a number, an int is a float."""
+    kinds = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) \
+        else (kind,)
+    for one in kinds:
+        if one is type(None) and value is None:
+            return True
+        if one is bool and isinstance(value, bool):
+            return True
+        if one in (int, float) and not isinstance(value, bool) and (
+                isinstance(value, int) or (one is float and isinstance(value, float))):
+            return True
+        if one is str and isinstance(value, str):
+            return True
+        if dataclasses.is_dataclass(one) and isinstance(value, dict):
+            return True
+    return False
+
+
+def _type_name(kind: Any) -> str:
+    kinds = typing.get_args(kind) or (kind,)
+    return " or ".join("null" if one is type(None) else "an object" if dataclasses.is_dataclass(
+        one) else {int: "an integer", float: "a number", bool: "true or false",
+                   str: "a string"}.get(one, str(one)) for one in kinds)
+
+
+def _checked(cls: type, data: Any, prefix: str = "") -> dict[str, Any]:
+    """`data` as the fields of the dataclass `cls`, each of its declared type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'a recipe'} must be a JSON object of "
+                         f"{cls.__name__} fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            nearest = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f": did you mean '{prefix}{nearest[0]}'?" if nearest else ""
+            raise ValueError(f"unknown field '{prefix}{key}'{hint}")
+        if not _accepts(hints[key], value):
+            raise ValueError(f"{prefix}{key} must be {_type_name(hints[key])}, got "
+                             f"{json.dumps(value)}")
+    return data
+
+
 def load_recipe(name_or_path: str) -> TrainConfig:
     """A named recipe, or a JSON file of TrainConfig fields (missing ones take `seed` values,
     but lr_batch: the file's own batch_size, the batch its lr was chosen for)."""
@@ -233,8 +284,13 @@ def load_recipe(name_or_path: str) -> TrainConfig:
         return RECIPES[name_or_path]
     path = Path(name_or_path)
     if path.suffix == ".json" and path.is_file():
-        data = json.loads(path.read_text())
-        data.setdefault("lr_batch", data.get("batch_size", RECIPES["seed"].batch_size))
-        return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data, "recipe": path.stem})
+        data = atomic.read_json(path)
+        try:
+            _checked(TrainConfig, data)
+            data.setdefault("lr_batch", data.get("batch_size", RECIPES["seed"].batch_size))
+            return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data,
+                                          "recipe": path.stem})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
     raise ValueError(f"unknown recipe {name_or_path!r}: choose one of "
                      f"{', '.join(RECIPES)} or give a .json recipe file")

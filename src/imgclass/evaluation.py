@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -119,7 +118,7 @@ def validation_set(run: Path, image_size: int, classes: list[str],
                    cache_dir: str | os.PathLike | None = None) -> tuple[Dataset, np.ndarray]:
     """A run's data loaded again (through the cache) and the indices of its validation split in
     it; files missing or changed since training are left out (logged)."""
-    config = json.loads((run / "config.json").read_text())
+    config = atomic.read_json(run / "config.json")
     dataset = load_dataset(config["data_dir"], image_size, cache_dir)
     if dataset.classes != classes:
         raise DataError(f"{dataset.root}: classes changed since training "

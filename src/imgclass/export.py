@@ -81,7 +81,7 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
         "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", len(meta.classes)],
                    "meaning": "softmax probabilities in the order of `classes`"
                               + (" (image and mirror averaged)" if meta.tta_flip else "")},
-        "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None,
+        "metrics": atomic.read_json(metrics_file) if metrics_file.is_file() else None,
         "source_run": str(run.resolve()),
         "weights_sha256": weights_digest(run),  # which weights: see current_export
         "onnx_sha256": file_sha256(out),  # the file's own bytes: see check_onnx
@@ -213,7 +213,7 @@ def read_metadata(onnx_file: str | os.PathLike) -> tuple[ModelMeta, dict]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (written beside the .onnx by imgclass export)")
     try:
-        document = json.loads(path.read_text())
+        document = atomic.read_json(path)
         known = {f.name for f in fields(ModelMeta)}
         return ModelMeta(**{k: v for k, v in document.items() if k in known}), document
     except (ValueError, TypeError, AttributeError) as err:

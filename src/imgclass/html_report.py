@@ -81,7 +81,7 @@ def _thumbnail(path: Path) -> str:
 
 def _read_json(path: Path, missing: list[str], section: str):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return atomic.read_json(path)
     except (OSError, ValueError) as err:
         missing.append(f"{section}: {path.name} unreadable ({err})")
         return None
@@ -212,8 +212,8 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
     for needed in ("config.json", "split.json"):
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"{run_dir / needed}: missing (is {run_dir} an imgclass run?)")
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    config = atomic.read_json(run_dir / "config.json")
+    split = atomic.read_json(run_dir / "split.json")
     classes = config["classes"]
     train_config = _train_config(config)
     root, gone = data_folder(config)

@@ -7,7 +7,6 @@ is decoded in threads (Pillow releases the GIL) while the model runs on the prev
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgclass import runtime
+from imgclass import atomic, runtime
 from imgclass.checkpoint import load_model, read_meta
 from imgclass.data.batches import to_float
 from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
@@ -103,7 +102,7 @@ class Predictor:
                 self.meta = replace(loaded.meta, tta_flip=tta_flip)
                 self.model = loaded.model.to(self.device.torch_device)
             metrics_file = self.source / "metrics.json"
-            self.metrics = (json.loads(metrics_file.read_text()) if metrics_file.is_file()
+            self.metrics = (atomic.read_json(metrics_file) if metrics_file.is_file()
                             else None)
         self.classes = self.meta.classes
 

@@ -17,7 +17,6 @@ import copy
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import os
@@ -344,7 +343,7 @@ def _history_csv(rows: list[dict]) -> str:
 
 def _finished(run_dir: Path) -> bool:
     metrics = run_dir / "metrics.json"
-    return metrics.is_file() and not json.loads(metrics.read_text()).get("interrupted", False)
+    return metrics.is_file() and not atomic.read_json(metrics).get("interrupted", False)
 
 
 def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
@@ -382,7 +381,7 @@ def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
     if _finished(run_dir):
         raise FileExistsError(f"{run_dir}: finished already (metrics.json); nothing to resume")
     try:
-        stored = json.loads(config_file.read_text())
+        stored = atomic.read_json(config_file)
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         config = TrainConfig.from_dict({k: v for k, v in stored.items() if k in fields})
         stored["data_dir"], stored["classes"]  # noqa: B018 - present, or the file is not a run's

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +100,7 @@ def predict_validation(run_dir: Path) -> ValPredictions:
     from imgclass.evaluation import predict_proba, validation_set
     from imgclass.runtime import Device
 
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = atomic.read_json(run_dir / "config.json")
     _, gone = data_folder(config)
     if gone:
         raise FileNotFoundError(gone)

@@ -7,13 +7,13 @@ class, then each expands to all its copies; without duplicates this is exactly t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from imgclass import atomic
 from imgclass.data.dataset import Dataset
 from imgclass.data.scan import DataError
 from imgclass.runtime import stream_seed
@@ -114,7 +114,7 @@ def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
     Returns it with the stored files that are missing or changed (content or class), which it
     leaves out; files of `dataset` that split.json does not name are on neither side.
     """
-    saved = json.loads(Path(path).read_text())
+    saved = atomic.read_json(path)
     where = {p: i for i, p in enumerate(dataset.paths)}
     sides: dict[str, np.ndarray] = {}
     changed: list[str] = []
