@@ -20,7 +20,10 @@ from typing import Any
 
 def write_with(dest: str | os.PathLike, write: Callable[[Path], object], *,
                sync_dir: bool = False) -> None:
-    """Let `write(path)` fill a temporary file (a library's own save_file), then commit it."""
+    """Let `write(path)` fill a temporary file (a library's own save_file), then commit it.
+
+    An OSError that names no file (a library writing into a file it opened: a full disk, a
+    file-size limit) is raised again naming `dest`."""
     dest = Path(dest)
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
@@ -31,6 +34,12 @@ def write_with(dest: str | os.PathLike, write: Callable[[Path], object], *,
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None:
+            raise
+        why = err.strerror or f"{err}: is the disk full?"
+        raise OSError(err.errno, f"could not be written ({why})", str(dest)) from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -99,9 +99,16 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: d
                        sync_dir: bool = False) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {**metadata, "sha256": _digest(tensors, metadata)}
-    # save_file streams the tensors to disk: no second in-memory copy of a large checkpoint
-    atomic.write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
-                      sync_dir=sync_dir)
+    atomic.write_with(path, lambda tmp: _save_file(tensors, tmp, metadata), sync_dir=sync_dir)
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """save_file streams the tensors to disk (no second in-memory copy of a large checkpoint);
+    its I/O failure (a full disk) is an OSError like any other write's."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as err:
+        raise OSError(str(err)) from err
 
 
 def _read_safetensors(path: Path, checksum_required: bool = True,
