@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import logging
 import os
 import stat
 import zipfile
@@ -241,7 +242,7 @@ def set_encrypted_flag(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-def test_encrypted_oversized_and_bomb_members_refused(tmp_path):
+def test_encrypted_oversized_and_bomb_members_refused(tmp_path, caplog):
     archive = make_zip(
         tmp_path / "a.zip",
         {
@@ -258,10 +259,12 @@ def test_encrypted_oversized_and_bomb_members_refused(tmp_path):
     assert why["raw-img/gatto/bomb.jpg"].startswith("compression ratio")
     assert why["raw-img/gatto/bomb.jpg"].endswith("refused")
 
-    small = prepare([archive], tmp_path / "small", max_member_bytes=100)
-    assert "over max_member_bytes (100): refused" in reasons(small)["raw-img/gatto/ok.jpg"]
-    assert small.counts == {}
-    assert small.left_out == [LeftOut(str(archive), "holds no image files inside class folders")]
+    none_left = f"^no image files inside class folders in {archive}$"  # every member refused
+    with caplog.at_level(logging.WARNING, logger="imgclass"), pytest.raises(ValueError,
+                                                                            match=none_left):
+        prepare([archive], tmp_path / "small", max_member_bytes=100)
+    assert "skipped raw-img/gatto/ok.jpg: 633 bytes, over max_member_bytes (100): refused" in (
+        caplog.text)
 
 
 def test_size_caps_on_folder_files_and_source_totals(tmp_path):
@@ -351,3 +354,15 @@ def test_real_animals10_archives(tmp_path):
         in report.left_out
     )
     assert report.renamed["gatto"] == "cat"
+
+
+def test_sources_without_any_image_are_an_error_that_says_why(tmp_path):
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    with pytest.raises(ValueError, match=f"^no image files inside class folders in {broken}; "
+                                         f"{broken}: not a readable zip archive"):
+        prepare([broken], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="^no image files inside class folders in "):
+        prepare([tmp_path / "empty"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

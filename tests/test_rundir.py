@@ -68,3 +68,33 @@ def test_one_training_per_folder_and_a_killed_one_leaves_it_free(tmp_path):
         holder.wait(timeout=60)
     assert _train(data, out).exit_code == 0
     assert json.loads((out / "metrics.json").read_text())["final_epoch"] == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_write_killed_half_done_is_removed_when_the_run_goes_on(tmp_path, monkeypatch):
+    from tests.conftest import ctrl_c_after_epoch
+
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    ctrl_c_after_epoch(monkeypatch, 1)
+    assert _train(data, run, "--epochs", "2").exit_code == 130  # interrupted: resumable
+    monkeypatch.undo()
+    writer = subprocess.Popen(  # killed inside atomic.write_with, as a checkpoint's save can be
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from imgclass import atomic\n"
+         "def write(tmp):\n    tmp.write_bytes(bytes(10**6)); print('writing', flush=True); "
+         "time.sleep(120)\n"
+         "atomic.write_with(Path(sys.argv[1]) / 'checkpoint.safetensors', write)", str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=60)
+    left = list(run.glob(".checkpoint.safetensors.*.part"))
+    assert len(left) == 1 and left[0].stat().st_size == 10**6
+    result = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"removed {left[0]}: a write that a stopped process left half done" in result.output
+    assert not list(run.rglob("*.part"))
+    assert json.loads((run / "metrics.json").read_text())["final_epoch"] == 2

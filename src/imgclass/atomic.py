@@ -17,6 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+PART = ".part"  # write_with's temporary files: .NAME.RANDOM.part beside NAME
+
+
+def remove_partial(folder: Path) -> list[Path]:
+    """Remove the temporary files that a process killed inside write_with left in `folder`
+    and below (only where no other process writes: a run folder its lock holder owns)."""
+    partial = [p for p in folder.rglob(f".*{PART}") if p.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
 
 def write_with(dest: str | os.PathLike, write: Callable[[Path], object], *,
                sync_dir: bool = False) -> None:
@@ -25,7 +36,7 @@ def write_with(dest: str | os.PathLike, write: Callable[[Path], object], *,
     An OSError that names no file (a library writing into a file it opened: a full disk, a
     file-size limit) is raised again naming `dest`."""
     dest = Path(dest)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=PART)
     os.close(fd)
     tmp = Path(name)
     try:

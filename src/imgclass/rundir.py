@@ -5,18 +5,23 @@ A new run goes into a folder that is absent, empty, an imgclass run (replaced on
 anyone else's files is refused, never written into. While a process trains, it holds an OS lock
 on RUN/.imgclass.lock (removed when it ends): a second process training into the same folder is
 refused with one line naming the holder, and the lock dies with its process, so a killed run never
-leaves the folder locked.
+leaves the folder locked. The holder removes the temporary files of writes a killed process left
+half done (atomic.remove_partial: a checkpoint's can be hundreds of MB).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from imgclass import atomic
 from imgclass.checkpoint import CHECKPOINT, WEIGHTS
 from imgclass.data.scan import is_run_dir
+
+log = logging.getLogger(__name__)
 
 LOCK = ".imgclass.lock"
 # what a run writes before it describes itself (config.json, split.json): a run that failed that
@@ -43,10 +48,12 @@ def check_out_folder(out: Path) -> None:
 def locked(run_dir: Path) -> Iterator[None]:
     """Hold the run's lock while the block runs; FileExistsError naming the holder if another
     process holds it. The lock file is removed when the block ends (a killed process leaves it,
-    unlocked). Where the OS has no flock (Windows), the block runs unlocked."""
+    unlocked). Where the OS has no flock (Windows), the block runs unlocked. Once held, the
+    half-written files of a killed process are removed."""
     try:
         import fcntl
     except ImportError:  # not POSIX
+        _remove_partial(run_dir)
         yield
         return
     path = run_dir / LOCK
@@ -72,7 +79,13 @@ def locked(run_dir: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
+        _remove_partial(run_dir)
         yield
     finally:
         path.unlink(missing_ok=True)  # removed while still held: no one locks a stale file
         handle.close()
+
+
+def _remove_partial(run_dir: Path) -> None:
+    for path in atomic.remove_partial(run_dir):
+        log.info("removed %s: a write that a stopped process left half done", path)
