@@ -104,3 +104,25 @@ def test_a_class_whose_images_are_all_one_content_is_a_clear_error():
     labels = np.array([0, 0, 0, 1, 1, 1])
     with pytest.raises(DataError, match="at least 2 images of different content"):
         stratified_split(labels, 0.3, 0, groups=["a", "a", "a", "b", "c", "d"])
+
+
+def test_a_class_without_images_is_named_not_trained():
+    with pytest.raises(DataError, match=r"^classes without images: dog, fox; add images or "
+                                        r"remove the folders \(imgclass scan lists them\)$"):
+        stratified_split(np.array([0, 0, 2, 2]), 0.5, 0, classes=["cat", "dog", "emu", "fox"])
+
+
+def test_training_on_a_tree_with_an_empty_class_folder_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from imgclass.cli import main
+    from tests.conftest import make_class_tree
+
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    (data / "empty").mkdir()
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
+                                       "--epochs", "1", "--image-size", "8"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: class without images: empty; add images or remove the folder (imgclass scan "
+        "lists them)")

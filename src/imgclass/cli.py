@@ -381,7 +381,7 @@ def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_co
     click.echo(f"{sum(report.images.values())} images in {len(report.classes)} classes in "
                f"{report.root}")
     if report.empty_classes:
-        click.echo(f"classes without images (kept in the class order): "
+        click.echo(f"classes without images (training refuses them): "
                    f"{', '.join(report.empty_classes)}")
     if report.skipped:
         click.echo(f"\n{len(report.skipped)} files skipped:")

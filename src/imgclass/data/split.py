@@ -65,7 +65,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
 
     groups: one key per image (its sha256); images sharing a key always land on the same side,
     and val_fraction then counts distinct contents. A group's class is that of its first image
-    (groups span classes only when label conflicts are kept). classes: the names errors use.
+    (groups span classes only when label conflicts are kept). classes: the data set's classes,
+    each of which must have images (else DataError naming those that have none).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if groups is None:
@@ -81,10 +82,15 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         rank[order] = np.arange(len(order))
         group_of, first = rank[group_of.reshape(-1)], first[order]
     group_labels = labels[first]
-    counts = np.bincount(group_labels) if len(group_labels) else np.zeros(0, np.int64)
+    counts = np.bincount(group_labels, minlength=len(classes or ()))
     present = counts[counts > 0]
     if len(present) < 2:
         raise DataError(f"need at least 2 classes with images to train, found {len(present)}")
+    if classes is not None and len(present) < len(classes):  # outputs that no image teaches
+        empty = [classes[c] for c in np.flatnonzero(counts == 0)]
+        raise DataError(f"{'class' if len(empty) == 1 else 'classes'} without images: "
+                        f"{', '.join(empty)}; add images or remove the folder"
+                        f"{'' if len(empty) == 1 else 's'} (imgclass scan lists them)")
     if present.min() < 2:
         copies = " of different content (copies count once)" if len(first) < len(labels) else ""
         short = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
