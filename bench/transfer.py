@@ -4,7 +4,11 @@ For each seed (a split of its own): a cold run (an empty --cache-dir: every imag
 features extracted) and a warm run (the same cache: the head alone), each in a fresh process.
 Reports the validation accuracy, the command's wall time and its peak RSS.
 
-    python bench/transfer.py [--data ../shared/datasets/flowers5] [--seeds 0 1 2] [-- extra options]
+    python bench/transfer.py [--data ../shared/datasets/flowers5] [--seeds 0 1 2]
+                             [--kinds cold warm] [-- extra options]
+
+With fine-tuning (`-- --finetune-epochs 6`), `--kinds cold` measures the whole command once per
+seed (a warm run fine-tunes again: it saves only the extraction).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--kinds", nargs="+", choices=["cold", "warm"], default=["cold", "warm"])
     parser.add_argument("extra", nargs="*", help="more `imgclass train` options (after --)")
     args = parser.parse_args()
     print(describe_cpu())
@@ -48,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
         for seed in args.seeds:
             cache = Path(tmp) / f"cache-{seed}"
-            for kind in ("cold", "warm"):
+            for kind in args.kinds:
                 out = Path(tmp) / f"{kind}-{seed}"
                 command = [sys.executable, "-m", "imgclass", "train", str(args.data), "--recipe",
                            "transfer", "--seed", str(seed), "--out", str(out), "--cache-dir",
@@ -59,9 +64,9 @@ def main() -> None:
                              "val_acc": metrics["val_accuracy"],
                              "epochs": metrics["final_epoch"]})
                 print(f"seed {seed} {kind}: val acc {metrics['val_accuracy']:.4f}, "
-                      f"{wall:.1f} s, peak RSS {peak:.2f} GB, {metrics['final_epoch']} head "
-                      "epochs", flush=True)
-    for kind in ("cold", "warm"):
+                      f"{wall:.1f} s, peak RSS {peak:.2f} GB, {metrics['final_epoch']} epochs",
+                      flush=True)
+    for kind in args.kinds:
         part = [r for r in rows if r["kind"] == kind]
         accs, walls = [r["val_acc"] * 100 for r in part], [r["wall"] for r in part]
         spread = (lambda v: f" +/- {statistics.stdev(v):.1f}") if len(part) > 1 else (

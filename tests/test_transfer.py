@@ -18,7 +18,7 @@ from imgclass.config import TrainConfig, build_config
 from imgclass.data.features import ONNX_FILE
 from imgclass.evaluation import evaluate
 from imgclass.lrfind import lr_find
-from imgclass.models.backbones import Backbone, imagenet_file, load_pretrained
+from imgclass.models.backbones import Backbone, TopStages, imagenet_file, load_pretrained
 from imgclass.predict import Predictor
 from imgclass.training import train
 from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions
@@ -106,8 +106,8 @@ def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_pat
                                                                      monkeypatch):
     """--finetune-epochs N: after the head, every layer for N epochs on the images (the epochs
     numbered after the head's); a run cut in the fine-tuning stage resumes as the whole one."""
-    options = {**OPTIONS, "epochs": 3, "finetune_epochs": 2, "finetune_lr": 1e-3,
-               "backbone_lr_scale": 0.1, "export": False}
+    options = {**OPTIONS, "epochs": 3, "finetune_epochs": 2, "finetune_stages": 0,
+               "finetune_lr": 1e-3, "backbone_lr_scale": 0.1, "export": False}
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
     assert [h.epoch for h in whole.history] == [1, 2, 3, 4, 5] and whole.restored_epoch == 5
     tuned = load_model(whole.run_dir).model
@@ -127,6 +127,45 @@ def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_pat
         tuned.state_dict().values(), load_model(resumed.run_dir).model.state_dict().values()))
 
 
+def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeypatch, caplog):
+    """finetune_stages N (the recipe's 2): the last N stages, on the activations below them
+    (each training image and its mirror); the layers below and every BatchNorm's statistics
+    stay ImageNet's; the run's export holds the tuned layers; a cut run resumes as the whole."""
+    options = {**OPTIONS, "epochs": 3, "finetune_epochs": 2}
+    whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
+    assert "fine-tuning the last 2 stages on the activations below them: 38 training rows " \
+           "(each image and its mirror), 5 validation, 112x2x2 each" in caplog.text
+    assert [h.epoch for h in whole.history] == [1, 2, 3, 4, 5] and whole.restored_epoch == 5
+    tuned = load_model(whole.run_dir).model.state_dict()
+    pristine = Backbone("tf_efficientnet_lite0", 3)
+    load_pretrained(pristine, "imagenet")
+    before = pristine.state_dict()
+    changed = {k for k in tuned if not torch.equal(tuned[k], before[k])}
+    assert "net.blocks.6.0.conv_pw.weight" in changed and "net.conv_head.weight" in changed
+    assert "net.blocks.5.0.conv_pw.weight" in changed and "net.classifier.weight" in changed
+    assert not {k for k in changed if k.startswith(("net.conv_stem", "net.bn1", "net.blocks.4"))}
+    assert not {k for k in changed if "running_" in k}
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    onnx_probs = Predictor(whole.run_dir, backend="onnx").predict_pixels(pixels)
+    torch_probs = Predictor(whole.run_dir, backend="pytorch", precision="fp32").predict_pixels(
+        pixels)  # the export is the tuned model, not the cached body with the head
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-4
+    metrics = json.loads((whole.run_dir / "metrics.json").read_text())
+    assert evaluate(whole.run_dir, cache_dir=tmp_path / "cache").accuracy == metrics[
+        "val_accuracy"]
+
+    ctrl_c_after_epoch(monkeypatch, 4)  # the first fine-tuning epoch
+    cut = train(data, tmp_path / "cut", cache_dir=tmp_path / "cache", **options, export=False)
+    assert cut.interrupted and len(cut.history) == 4
+    monkeypatch.undo()
+    (cut.run_dir / "metrics.json").unlink()  # as after a kill
+    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
+    assert all(torch.equal(tuned[k], v) for k, v in load_model(
+        resumed.run_dir).model.state_dict().items())
+
+
 def test_lr_find_runs_on_cached_features(data, tmp_path):
     result = lr_find(data, tmp_path / "lr", steps=12, cache_dir=tmp_path / "cache",
                      **{k: v for k, v in OPTIONS.items() if k != "recipe"}, recipe="transfer")
@@ -141,6 +180,11 @@ def test_transfer_options_are_checked():
         build_config("transfer", tta_flip=True)
     with pytest.raises(ValueError, match="finetune_epochs fine-tune after the head"):
         build_config("fast", finetune_epochs=2)
+    with pytest.raises(ValueError, match="finetune_stages: resnet18 is not of timm's "
+                                         "EfficientNet family"):
+        TopStages(Backbone("resnet18", 3), 2)
+    with pytest.raises(ValueError, match="tf_efficientnet_lite0 has 7 stages, got 8"):
+        TopStages(Backbone("tf_efficientnet_lite0", 3), 8)
     with pytest.raises(ValueError, match="backbone_lr_scale must be > 0"):
         build_config("transfer", backbone_lr_scale=0.0)
     with pytest.raises(ValueError, match="need a pretrained backbone"):

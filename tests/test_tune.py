@@ -59,7 +59,7 @@ def test_tune_writes_a_table_plot_and_recipe_and_continues(class_tree, tmp_path)
 def test_a_hook_that_raises_ends_the_fit(class_tree, tmp_path):
     config = build_config("fast", image_size=16, epochs=3, batch_size=8)
     dataset = load_data(class_tree, config, tmp_path / "cache")
-    data = Tensors(dataset, torch.arange(len(dataset.labels)).numpy())
+    data = Tensors.take(dataset, torch.arange(len(dataset.labels)).numpy())
     seen = []
 
     def prune(stats):

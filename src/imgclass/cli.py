@@ -161,8 +161,13 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
 @click.option("--cached-features/--no-cached-features", default=None,
               help="Backbones with --pretrained: train the new head alone on the frozen "
                    "backbone's features, computed once and cached (the transfer recipe).")
-@click.option("--finetune-epochs", type=int, help="After the head on cached features: train "
-              "every layer this many epochs on the images (augmented, cosine schedule).")
+@click.option("--finetune-epochs", type=int, help="After the head on cached features: "
+              "fine-tune for this many epochs (cosine schedule) the layers --finetune-stages "
+              "says.")
+@click.option("--finetune-stages", type=click.IntRange(min=0), help="0: every layer, on the "
+              "augmented images; N: the backbone's last N stages, on the activations below "
+              "them, computed once (EfficientNet family; several times faster) "
+              "[default: the recipe's].")
 @click.option("--finetune-lr", type=float, help="Peak learning rate of the new head while "
               "fine-tuning (per step at --lr-batch images).")
 @click.option("--backbone-lr-scale", type=float, help="Backbones: the pretrained layers' "

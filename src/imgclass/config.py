@@ -52,6 +52,10 @@ class TrainConfig:
     # augmentation, a cosine schedule warming up over `warmup`, peaking at finetune_lr, no early
     # stopping: the last epoch is kept)
     finetune_epochs: int = 0
+    # which layers that stage trains: 0, every layer on the images; N, the backbone's last N
+    # stages (timm's EfficientNet family) on the activations of the frozen layers below them,
+    # computed once, each training image and its mirror (about 4x faster at 224 px: Lite0)
+    finetune_stages: int = 0
     finetune_lr: float = 1e-4  # the new head's peak in that stage, per step of lr_batch images
     backbone_lr_scale: float = 1.0  # backbones: the pretrained layers' lr = the head's x this
     dropout: float | None = None  # before the classifier; None: the model's own default
@@ -162,6 +166,8 @@ class TrainConfig:
             (self.finetune_epochs >= 0,
              f"finetune_epochs must be >= 0, got {self.finetune_epochs}"),
             (self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}"),
+            (self.finetune_stages >= 0,
+             f"finetune_stages must be >= 0, got {self.finetune_stages}"),
             (self.backbone_lr_scale > 0,
              f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}"),
             (not self.finetune_epochs or self.cached_features,
@@ -217,6 +223,10 @@ RECIPES: dict[str, TrainConfig] = {
         dropout=0.2,
         label_smoothing=0.1,
         patience=10,
+        # --finetune-epochs N: then the last 2 stages on their cached activations
+        finetune_stages=2,
+        finetune_lr=1e-3,
+        warmup=0.1,  # that stage's cosine schedule (the head's lr is constant)
     ),
 }
 

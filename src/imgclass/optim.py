@@ -7,7 +7,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from imgclass.config import TrainConfig
-from imgclass.models.backbones import Backbone
+from imgclass.models.backbones import Backbone, TopStages
 
 WARMUP_START = 1 / 25  # warm-up starts at lr x this (OneCycleLR's default div_factor)
 
@@ -33,7 +33,7 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     """One group at the config's lr; for a pretrained backbone with backbone_lr_scale != 1, the
     new head at that lr and every other layer at lr x backbone_lr_scale (a schedule scales both
     alike)."""
-    if config.backbone_lr_scale == 1 or not isinstance(model, Backbone):
+    if config.backbone_lr_scale == 1 or not isinstance(model, Backbone | TopStages):
         return [{"params": list(model.parameters())}]
     own = {id(p) for p in model.head.parameters()}
     return [{"params": [p for p in model.parameters() if id(p) in own]},

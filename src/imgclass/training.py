@@ -603,12 +603,16 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
                      on_epoch=on_epoch)
         if config.finetune_epochs and not fitted.interrupted:
             model = setup.model_to_save(model)  # the backbone with the head just trained
-            setup = setup.with_images()
             tuning = config.finetuning()
+            if tuning.finetune_stages:
+                setup, model = setup.with_activations(model, tuning.finetune_stages)
+            else:
+                setup = setup.with_images()
             folder = run_dir / FINETUNE
             folder.mkdir(exist_ok=True)
-            log.info("fine-tuning every layer for %d epochs (lr %.3g, backbone x %g)",
-                     tuning.epochs, tuning.lr, tuning.backbone_lr_scale)
+            log.info("fine-tuning %s for %d epochs (lr %.3g, backbone x %g)",
+                     f"the last {tuning.finetune_stages} stages" if tuning.finetune_stages
+                     else "every layer", tuning.epochs, tuning.lr, tuning.backbone_lr_scale)
             offset = len(fitted.history)  # the stage's epochs numbered after the head's
             tuned = fit(model, setup.train, setup.val, tuning, device, setup.num_classes,
                         progress, checkpoint_dir=folder,
@@ -625,7 +629,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     # Ctrl-C while the run's files are written waits for them (seconds), then skips what
     # `imgclass export` and `imgclass report` can write later
     body = (feature_folder(setup.backbone, config.image_size, cache_dir) / FEATURES_ONNX
-            if setup.backbone is not None else None)
+            if setup.backbone is not None and not setup.body_trained else None)
     later = ([(ONNX_FILE, lambda run: _export(run, body))] if export else []) + [
         (REPORT, _report)]
     unwritten = [name for name, _ in later]

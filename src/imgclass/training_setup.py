@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import nn
 from imgclass import distributed, runtime
 from imgclass.config import TrainConfig
 from imgclass.data.augment import TrainAugment
+from imgclass.data.batches import to_float
 from imgclass.data.cache import DecodedImages, load_images
 from imgclass.data.dataset import Dataset, Loader, load_dataset
 from imgclass.data.features import load_features
@@ -33,19 +35,25 @@ from imgclass.data.scan import DataError, Manifest
 from imgclass.data.split import Split, stratified_split
 from imgclass.distributed import Context
 from imgclass.models import build_model
-from imgclass.models.backbones import Backbone, FeatureHead
+from imgclass.models.backbones import Backbone, FeatureHead, TopStages
 from imgclass.runtime import Device
 
 log = logging.getLogger(__name__)
 
+ACTIVATION_BATCH = 64  # images per step of with_activations' forward pass
 
+
+@dataclass
 class Tensors:
-    """One side of the split as tensors: uint8 pixels (N, H, W, 3), or float32 features
-    (N, num_features), and int64 labels."""
+    """One side of the split as tensors: uint8 pixels (N, H, W, 3), or a backbone's float
+    features (N, num_features) or activations (N, C, H, W), and int64 labels."""
 
-    def __init__(self, dataset: Dataset, index: np.ndarray):
-        self.pixels = torch.from_numpy(dataset.pixels[index])
-        self.labels = torch.from_numpy(dataset.labels[index])
+    pixels: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def take(cls, dataset: Dataset, index: np.ndarray) -> Tensors:
+        return cls(torch.from_numpy(dataset.pixels[index]), torch.from_numpy(dataset.labels[index]))
 
     @property
     def images(self) -> bool:
@@ -133,6 +141,7 @@ class TrainingSetup:
     train: Tensors
     val: Tensors
     backbone: Backbone | None = None  # cached_features: the backbone of the features
+    body_trained: bool = False  # layers of that backbone below its head trained (activations)
     data_dir: Path | None = None  # where the data came from, and its cache (with_images)
     cache_dir: str | os.PathLike | None = None
 
@@ -162,9 +171,39 @@ class TrainingSetup:
         return dataclasses.replace(self, dataset=dataset, train=train_data, val=val_data,
                                    backbone=None)
 
+    def with_activations(self, backbone: Backbone, stages: int
+                         ) -> tuple[TrainingSetup, TopStages]:
+        """The same data and split as the activations that the backbone's last `stages` stages
+        take (computed once from the pixel cache, kept in the training precision), each
+        training image's mirror beside it; and those stages as the model that trains on them
+        (in place, in the backbone)."""
+        top = TopStages(backbone, stages)
+        images = self.with_images()
+        started = time.perf_counter()
+
+        def activations(side: Tensors, mirrored: bool) -> torch.Tensor:
+            out = []
+            for i in range(0, len(side.labels), ACTIVATION_BATCH):
+                batch = to_float(side.pixels[i:i + ACTIVATION_BATCH])
+                with self.device.autocast():
+                    out.append(top.below(backbone, batch.flip(3) if mirrored else batch)
+                               .to(self.device.amp or torch.float32))
+            return torch.cat(out)
+
+        train = Tensors(torch.cat([activations(images.train, False),
+                                      activations(images.train, True)]),
+                           images.train.labels.repeat(2))
+        val = Tensors(activations(images.val, False), images.val.labels)
+        log.info("fine-tuning the last %d stages on the activations below them: %d training "
+                 "rows (each image and its mirror), %d validation, %s each, in %.1f s", stages,
+                 len(train.labels), len(val.labels), "x".join(map(str, val.pixels.shape[1:])),
+                 time.perf_counter() - started)
+        return dataclasses.replace(self, train=train, val=val, backbone=backbone,
+                                   body_trained=True), top
+
     def model_to_save(self, trained: nn.Module) -> nn.Module:
-        """What the run keeps: the trained model, or on cached features the backbone with the
-        trained head put back (one model from pixels to classes)."""
+        """What the run keeps: the trained model, or on cached features or activations the
+        backbone with the trained layers put back (one model from pixels to classes)."""
         if self.backbone is None:
             return trained
         trained.install(self.backbone)
@@ -205,13 +244,14 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
              torch.get_num_threads(), processes, "images" if train_data.images else "features",
              _where(device, on_device))
     return TrainingSetup(config, dataset, chosen, device, train_data, val_data,
-                         backbones[-1] if backbones else None, data_dir, cache_dir)
+                         backbone=backbones[-1] if backbones else None, data_dir=data_dir,
+                         cache_dir=cache_dir)
 
 
 def _tensors(dataset: Dataset, split: Split, device: Device) -> tuple[Tensors, Tensors, bool]:
     """The two sides of the split as tensors, on the device where they take at most its share
     of free memory (True), else in host memory; the dataset's own array is released."""
-    train_data, val_data = Tensors(dataset, split.train), Tensors(dataset, split.val)
+    train_data, val_data = Tensors.take(dataset, split.train), Tensors.take(dataset, split.val)
     dataset.pixels = dataset.pixels[:0]  # the two sides hold copies: not kept twice (-45 MB)
     on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
     if on_device:

@@ -135,6 +135,58 @@ class FeatureHead(nn.Module):
         backbone.head.load_state_dict(self.classifier.state_dict())
 
 
+class TopStages(nn.Module):
+    """The last `stages` stages of a backbone of timm's EfficientNet family (EfficientNet,
+    EfficientNet-Lite, MobileNetV2, ...) and what follows them (head convolution, pooling,
+    classifier), on the activations of the layers below (below()): what `transfer` fine-tunes
+    on cached activations. Its layers are the backbone's own, trained in place. BatchNorm keeps
+    the backbone's running statistics (train() leaves it in eval mode): the activations below
+    were computed with them, and a few thousand images would only blur ImageNet's."""
+
+    def __init__(self, backbone: Backbone, stages: int):
+        super().__init__()
+        from timm.models.efficientnet import EfficientNet
+
+        net = backbone.net
+        if not isinstance(net, EfficientNet):
+            raise ValueError(f"finetune_stages: {backbone.name} is not of timm's EfficientNet "
+                             "family; use finetune_stages 0 (every layer, on the images)")
+        if not 1 <= stages <= len(net.blocks):
+            raise ValueError(f"finetune_stages: {backbone.name} has {len(net.blocks)} stages, "
+                             f"got {stages}")
+        self.first = len(net.blocks) - stages  # the first stage trained
+        self.blocks = net.blocks[self.first:]
+        self.conv_head, self.bn2, self.global_pool = net.conv_head, net.bn2, net.global_pool
+        self.dropout = nn.Dropout(net.drop_rate)
+        self.classifier = net.classifier
+
+    @property
+    def head(self) -> nn.Module:
+        return self.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn2(self.conv_head(self.blocks(x.float())))
+        return self.classifier(self.dropout(self.global_pool(x)))
+
+    def train(self, mode: bool = True) -> TopStages:
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    @torch.no_grad()
+    def below(self, backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+        """The activations these stages take: the backbone's layers below them on a batch of
+        images (RGB in [0, 1], NCHW), in eval mode."""
+        net = backbone.net.eval()
+        return net.blocks[:self.first](net.bn1(net.conv_stem(
+            (images - backbone.mean) / backbone.std)))
+
+    def install(self, backbone: Backbone) -> None:
+        """Nothing to copy: the layers trained are the backbone's own."""
+
+
 def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:
     """Same shape, or the same numbers laid out as a 1x1 convolution instead of a linear layer."""
     squeeze = [d for d in value.shape if d != 1], [d for d in target.shape if d != 1]
