@@ -1,4 +1,7 @@
+import re
+
 import numpy as np
+import pytest
 
 import imgclass.data.cache as cache
 from imgclass.data.cache import load_images
@@ -71,3 +74,26 @@ def test_pixel_limit_skips_clearly_and_is_not_remembered(class_tree, tmp_path):
     assert not limited.ok[big] and limited.ok.sum() == 36
     raised = load_images(manifest, 16, tmp_path / "c", workers=1, max_pixels=100_000)
     assert raised.ok[big] and raised.decoded_now == 1 and not raised.failures
+
+
+def test_a_size_whose_decoded_set_cannot_fit_in_memory_is_refused_before_decoding(
+        class_tree, tmp_path):
+    """Issue 13.10: 36 images at 30,000 px would take 97 GB; refused with the figures before
+    one is decoded or cached (it allocated 34 GB after writing 721 MB of cache at 2048 px)."""
+    from click.testing import CliRunner
+
+    from imgclass.cli import main
+    from imgclass.runtime import available_memory
+
+    available = available_memory()
+    if available is None or available > 90e9:
+        pytest.skip(f"needs a machine with less than 90 GB available (has {available})")
+    cache_dir = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["train", str(class_tree), "--out", str(tmp_path / "run"),
+                                       "--image-size", "30000", "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 1
+    assert re.search(r"Error: 36 images decoded at 30000x30000 px take 97\.2 GB \(194\.4 GB "
+                     r"while 36 are decoded\), but [0-9.]+ GB of memory is available: choose "
+                     r"a smaller --image-size",
+                     result.output), result.output
+    assert not list(cache_dir.rglob("*.npy"))

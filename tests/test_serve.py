@@ -151,3 +151,33 @@ def test_serve_an_onnx_file(exported_onnx, trained_run, photos, tmp_path):
     labels, probabilities = _answers(answer)[0]
     [(want_labels, want_probabilities)] = _expected(trained_run, [path], precision="fp32")
     assert labels == want_labels and probabilities == pytest.approx(want_probabilities, abs=1e-4)
+
+
+def test_a_client_gone_mid_upload_is_a_log_line_and_a_cut_multipart_body_is_400(
+        trained_run, photos, tmp_path):
+    """Issue 13.12, against a server process of its own (its log is read)."""
+    import socket
+    import time
+
+    jpeg = next(photos.rglob("*.jpg")).read_bytes()
+    with running_service(trained_run, tmp_path) as url:
+        body, headers = multipart([("file", "a.jpg", jpeg)])
+        cut = body[:body.rindex(b"--imgclass-test-boundary")]  # no closing boundary
+        status, answer = request(f"{url}/predict", cut, headers)
+        assert status == 400, answer
+        assert answer["detail"] == ("malformed multipart body: it ends before its closing "
+                                    "boundary")
+        parts = urlsplit(url)
+        for kind, payload in (("application/octet-stream", jpeg), (headers["Content-Type"],
+                                                                     body)):
+            with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+                sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+                             f"Content-Length: {len(payload) + 100_000}\r\n\r\n".encode()
+                             + payload)  # ... and gone before the rest
+            time.sleep(0.5)
+        assert request(f"{url}/health")[1]["status"] == "ok"
+        time.sleep(0.5)
+    [log] = tmp_path.glob("serve-*.log")
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert text.count("a client disconnected after ") == 2, text

@@ -20,7 +20,8 @@ AUGMENT_OPTIONS = ("mixup", "cutmix", "random_erasing", "trivial_augment")  # Au
 
 class _Errors(click.Group):
     """Known errors (bad data, bad files, bad values, a disk that is read-only, full or not
-    ours) become one clear line and exit code 1; -v logs the traceback above it."""
+    ours, too little memory) become one clear line and exit code 1; -v logs the traceback
+    above it."""
 
     def invoke(self, ctx: click.Context):
         from imgclass.checkpoint import CheckpointError
@@ -29,7 +30,8 @@ class _Errors(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (DataError, CheckpointError, UnsafeArchiveError, OSError, ValueError) as err:
+        except (DataError, CheckpointError, UnsafeArchiveError, OSError, ValueError,
+                MemoryError) as err:
             log.debug("the error's traceback (-v):", exc_info=err)
             raise click.ClickException(_one_line(err)) from err
 
@@ -38,7 +40,7 @@ def _one_line(err: Exception) -> str:
     """The error's message; an OS error as 'FILE: what the OS said'."""
     if isinstance(err, OSError) and err.strerror is not None and err.filename is not None:
         return f"{err.filename}: {err.strerror}"
-    return str(err)
+    return str(err) or type(err).__name__  # a bare MemoryError says nothing
 
 
 @click.group(cls=_Errors)

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -59,6 +60,27 @@ def release_freed_memory() -> None:
     malloc_trim = _glibc_function("malloc_trim")
     if malloc_trim is not None:
         malloc_trim(0)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: the kernel's MemAvailable, within the cgroup's limit
+    where one is set (a container); None where neither can be read (not Linux)."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def usable_cores() -> int:

@@ -25,7 +25,7 @@ from imgclass.data.images import (
     decode_image,
 )
 from imgclass.data.scan import Manifest
-from imgclass.runtime import usable_cores
+from imgclass.runtime import available_memory, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | No
     for item in manifest.items:
         if item.sha256 not in shards.rows and item.sha256 not in shards.failed:
             todo.setdefault(item.sha256, str(manifest.absolute(item)))
+    _check_memory(len(manifest.items), len(todo), size)
     if todo:
         log.log(logging.INFO if announce else logging.DEBUG,
                 "decoding %d images to %dx%d (cached for later runs)", len(todo), size, size)
@@ -131,6 +132,20 @@ def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | No
         else:
             failures[index] = shards.failed[item.sha256]
     return DecodedImages(out, ok, failures, len(todo))
+
+
+def _check_memory(images: int, new: int, size: int) -> None:
+    """MemoryError with the figures, before anything is decoded or cached, when `images`
+    decoded images at `size`, and the `new` ones among them a second time while they are
+    decoded, would not fit in the memory available (training's copies come on top)."""
+    one = size * size * 3
+    need = (images + new) * one
+    available = available_memory()
+    if available is not None and need > available:
+        raise MemoryError(f"{images} images decoded at {size}x{size} px take "
+                          f"{images * one / 1e9:.1f} GB ({need / 1e9:.1f} GB while {new} are "
+                          f"decoded), but {available / 1e9:.1f} GB of memory is available: "
+                          "choose a smaller --image-size")
 
 
 def _decode_all(paths: list[str], size: int, workers: int | None,

@@ -2,7 +2,8 @@
 
 Bad requests get a 4xx answer naming the upload and the reason, in the decoder's vocabulary
 (data/images.py): empty -> 400, not an image -> 415, truncated or undecodable -> 422, too many
-pixels or too large a body -> 413, no image field -> 422, wrong method -> 405. Decoding runs in
+pixels or too large a body -> 413, no image field -> 422, wrong method -> 405, a multipart body
+without its closing boundary -> 400; a client gone mid-upload is one log line. Decoding runs in
 worker threads (at most one per core), the model in the micro-batcher's: the event loop never
 waits on either.
 """
@@ -21,6 +22,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from imgclass import runtime
 from imgclass.data.images import (
@@ -64,6 +66,17 @@ class Predictions(BaseModel):
     predictions: list[ImagePrediction]  # in upload order
 
 
+class _Multipart(MultiPartParser):
+    """Starlette's multipart parser, knowing whether the body reached its closing boundary
+    (python-multipart does not check: a body cut short parses as fewer fields)."""
+
+    ended = False
+
+    def on_end(self) -> None:
+        super().on_end()
+        self.ended = True
+
+
 def _status(err: ImageDecodeError) -> int:
     return next((status for reason, status in _STATUS_BY_REASON.items()
                  if err.reason.startswith(reason)), 422)
@@ -94,23 +107,30 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
         if declared.isdigit() and int(declared) > max_upload_bytes:
             raise too_large
         received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_upload_bytes:
-                raise too_large
-            yield chunk
+        try:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > max_upload_bytes:
+                    raise too_large
+                yield chunk
+        except ClientDisconnect:  # nobody to answer: a line in the log, not a traceback
+            log.info("a client disconnected after %d bytes of its upload", received)
+            raise HTTPException(400, "the client disconnected before its body ended") from None
 
     async def uploads(request: Request) -> list[tuple[str, bytes]]:
         """(name, bytes) of every image in the request: multipart fields or the raw body."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return [("<body>", b"".join([chunk async for chunk in body_chunks(request)]))]
-        parser = MultiPartParser(request.headers, body_chunks(request), max_files=MAX_FILES,
-                                 max_fields=MAX_FILES, max_part_size=max_upload_bytes)
+        parser = _Multipart(request.headers, body_chunks(request), max_files=MAX_FILES,
+                            max_fields=MAX_FILES, max_part_size=max_upload_bytes)
         try:
             form = await parser.parse()
         except MultiPartException as err:
             raise HTTPException(400, f"malformed multipart body: {err.message}") from err
         try:
+            if not parser.ended:
+                raise HTTPException(400, "malformed multipart body: it ends before its closing "
+                                         "boundary")
             images = [(value.filename or field, value) for field, value in form.multi_items()
                       if field in FIELDS and isinstance(value, UploadFile)]
             if not images:
