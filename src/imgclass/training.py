@@ -683,6 +683,15 @@ def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted:
         "train_seconds": sum(h.seconds for h in history),
         "total_seconds": time.perf_counter() - started,
     }
+    if setup.test is not None:  # the data's own test folder, never trained or validated on
+        tested = predict_proba(model, setup.test.pixels, device, config.batch_size,
+                               tta_flip=config.tta_flip)
+        test = classification_metrics(setup.test.labels.cpu().numpy(), tested.argmax(1),
+                                      dataset.classes)
+        metrics |= {"test_accuracy": test.accuracy, "test_macro_f1": test.macro_f1,
+                    "test_images": len(split.test)}
+        log.info("test accuracy %.4f, macro-F1 %.4f on the %d images of %s/", test.accuracy,
+                 test.macro_f1, len(split.test), dataset.sides["test"])
     ValPredictions(dataset.classes, [dataset.paths[i] for i in split.val],
                    val_labels, probabilities).write(run_dir)
     atomic.write_json(run_dir / "metrics.json", metrics)

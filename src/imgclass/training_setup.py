@@ -32,7 +32,7 @@ from imgclass.data.cache import DecodedImages, load_images
 from imgclass.data.dataset import Dataset, Loader, load_dataset
 from imgclass.data.features import load_features
 from imgclass.data.scan import DataError, Manifest
-from imgclass.data.split import Split, stratified_split
+from imgclass.data.split import Split, given_split, stratified_split
 from imgclass.distributed import Context
 from imgclass.models import build_model
 from imgclass.models.backbones import Backbone, FeatureHead, TopStages
@@ -140,6 +140,7 @@ class TrainingSetup:
     device: Device
     train: Tensors
     val: Tensors
+    test: Tensors | None = None  # data split already, with a test folder: reported at the end
     backbone: Backbone | None = None  # cached_features: the backbone of the features
     body_trained: bool = False  # layers of that backbone below its head trained (activations)
     data_dir: Path | None = None  # where the data came from, and its cache (with_images)
@@ -166,10 +167,10 @@ class TrainingSetup:
         if dataset.sha256 != self.dataset.sha256:
             raise DataError(f"{self.data_dir}: its images changed while training (not those "
                             "whose features the head was trained on)")
-        train_data, val_data, on_device = _tensors(dataset, self.split, self.device)
+        train_data, val_data, test_data, on_device = _tensors(dataset, self.split, self.device)
         log.info("fine-tuning on the images, %s", _where(self.device, on_device))
         return dataclasses.replace(self, dataset=dataset, train=train_data, val=val_data,
-                                   backbone=None)
+                                   test=test_data, backbone=None)
 
     def with_activations(self, backbone: Backbone, stages: int
                          ) -> tuple[TrainingSetup, TopStages]:
@@ -194,11 +195,13 @@ class TrainingSetup:
                                       activations(images.train, True)]),
                            images.train.labels.repeat(2))
         val = Tensors(activations(images.val, False), images.val.labels)
+        test = (Tensors(activations(images.test, False), images.test.labels)
+                if images.test is not None else None)
         log.info("fine-tuning the last %d stages on the activations below them: %d training "
                  "rows (each image and its mirror), %d validation, %s each, in %.1f s", stages,
                  len(train.labels), len(val.labels), "x".join(map(str, val.pixels.shape[1:])),
                  time.perf_counter() - started)
-        return dataclasses.replace(self, train=train, val=val, backbone=backbone,
+        return dataclasses.replace(self, train=train, val=val, test=test, backbone=backbone,
                                    body_trained=True), top
 
     def model_to_save(self, trained: nn.Module) -> nn.Module:
@@ -234,29 +237,37 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
 
     with ranks.main_first():
         dataset = load_data(data_dir, config, cache_dir, load)
-    chosen = (split(dataset) if split is not None else
-              stratified_split(dataset.labels, config.val_split, config.seed,
-                               groups=dataset.sha256, classes=dataset.classes))
-    train_data, val_data, on_device = _tensors(dataset, chosen, device)
+    if split is not None:
+        chosen = split(dataset)
+    elif dataset.sides:  # split already: its folders are the sides (val_split is not used)
+        chosen = given_split(dataset)
+    else:
+        chosen = stratified_split(dataset.labels, config.val_split, config.seed,
+                                  groups=dataset.sha256, classes=dataset.classes)
+    train_data, val_data, test_data, on_device = _tensors(dataset, chosen, device)
     processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
-    log.info("training on %d images, validating on %d; %s, %s, %d threads%s; %s %s",
-             len(chosen.train), len(chosen.val), device.torch_device, device.precision,
+    log.info("training on %d images, validating on %d%s; %s, %s, %d threads%s; %s %s",
+             len(chosen.train), len(chosen.val),
+             f", testing on {len(chosen.test)} at the end" if len(chosen.test) else "",
+             device.torch_device, device.precision,
              torch.get_num_threads(), processes, "images" if train_data.images else "features",
              _where(device, on_device))
-    return TrainingSetup(config, dataset, chosen, device, train_data, val_data,
+    return TrainingSetup(config, dataset, chosen, device, train_data, val_data, test=test_data,
                          backbone=backbones[-1] if backbones else None, data_dir=data_dir,
                          cache_dir=cache_dir)
 
 
-def _tensors(dataset: Dataset, split: Split, device: Device) -> tuple[Tensors, Tensors, bool]:
-    """The two sides of the split as tensors, on the device where they take at most its share
-    of free memory (True), else in host memory; the dataset's own array is released."""
-    train_data, val_data = Tensors.take(dataset, split.train), Tensors.take(dataset, split.val)
-    dataset.pixels = dataset.pixels[:0]  # the two sides hold copies: not kept twice (-45 MB)
-    on_device = device.holds(train_data.pixels.nbytes + val_data.pixels.nbytes)
+def _tensors(dataset: Dataset, split: Split, device: Device
+             ) -> tuple[Tensors, Tensors, Tensors | None, bool]:
+    """The sides of the split as tensors (test: None when the data has none), on the device
+    where they take at most its share of free memory (True), else in host memory; the
+    dataset's own array is released."""
+    sides = [Tensors.take(dataset, index) for _, index in split.sides()]
+    dataset.pixels = dataset.pixels[:0]  # the sides hold copies: not kept twice (-45 MB)
+    on_device = device.holds(sum(side.pixels.nbytes for side in sides))
     if on_device:
-        train_data, val_data = train_data.to(device.torch_device), val_data.to(device.torch_device)
-    return train_data, val_data, on_device
+        sides = [side.to(device.torch_device) for side in sides]
+    return sides[0], sides[1], sides[2] if len(sides) > 2 else None, on_device
 
 
 def _where(device: Device, on_device: bool) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ class Dataset:
     skipped: list[Skipped]  # junk, unreadable, conflicting, undecodable files, with reasons
     decoded_now: int  # 0 when everything came from the cache
     report: ScanReport  # images per class, skips, duplicates and label conflicts (scan.json)
+    sides: dict[str, str] = field(default_factory=dict)  # split already: Manifest.sides
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
@@ -76,4 +77,5 @@ def decode_manifest(manifest: Manifest, image_size: int,
         skipped=skipped,
         decoded_now=decoded.decoded_now,
         report=ScanReport.build(manifest, [item.label for item in kept], skipped, keep_conflicts),
+        sides=manifest.sides,
     )

@@ -40,6 +40,9 @@ REASON_NAME_CLASH = "name clashes with another file's once its non-UTF-8 bytes a
 REASON_RUN_DIR = "an imgclass run directory, not photos"
 RUN_MARKERS = ("config.json", "split.json")  # what every imgclass run directory holds
 REASON_CONFLICT = "label conflict: same content also in class"
+# a data root of these folders (train and a validation one at least), each of class folders, is
+# split already (the layout of Keras, timm and Ultralytics): side -> the folder names it takes
+SIDE_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class Manifest:
     skipped: list[Skipped] = field(default_factory=list)
     disk_paths: dict[str, str] = field(default_factory=dict)  # item path -> name on disk, where
     #                                                         they differ (non-UTF-8 names)
+    # split already: side ("train", "val", "test") -> its folder; an item's path starts with it
+    sides: dict[str, str] = field(default_factory=dict)
 
     def labels(self) -> np.ndarray:
         return np.array([item.label for item in self.items], dtype=np.int64)
@@ -99,7 +104,8 @@ class Manifest:
         kept = [item for item in self.items if not large(item)]
         left_out = [Skipped(item.path, too_many_pixels(*item.size, max_pixels))
                     for item in self.items if large(item)]
-        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths)
+        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths,
+                        self.sides)
 
     def without_conflicts(self) -> Manifest:
         """This manifest with every copy of a content found under two classes moved to skipped."""
@@ -113,7 +119,8 @@ class Manifest:
                 left_out.append(Skipped(item.path, f"{REASON_CONFLICT} {', '.join(others)}"))
             else:
                 kept.append(item)
-        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths)
+        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths,
+                        self.sides)
 
 
 @dataclass
@@ -180,7 +187,9 @@ def text_name(name: str) -> str:
 
 
 def scan_folder(root: str | os.PathLike) -> Manifest:
-    """List the images of a class-folder tree (`root/<class>/**/<file>`)."""
+    """List the images of a class-folder tree (`root/<class>/**/<file>`), or of one split
+    already (`root/train/<class>/...`, `root/val/<class>/...`, maybe `root/test/<class>/...`:
+    Manifest.sides; the classes are those of every side)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{text_name(str(root))}: not a folder")
@@ -188,34 +197,56 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
         raise DataError(f"{text_name(str(root))}: {REASON_RUN_DIR} (give the folder of photos "
                         "it was trained on)")
     scan = _Scan(root)
-    class_dirs: list[tuple[str, os.DirEntry, Path]] = []  # (class name, entry, real folder)
-    for name, entry in scan.entries(root, ""):
-        if is_os_junk([name]):
-            scan.skip(name, REASON_JUNK_FOLDER if _is_dir(entry) else REASON_JUNK)
-            continue
-        real = scan.follow(entry, name, scan.root_real)
-        if real is None:
-            continue
-        if real == scan.root_real:
-            scan.skip(name, REASON_LINK_LOOP)
-        elif real.is_dir() and is_run_dir(real):  # no class: a run written into the data
-            scan.skip(name, REASON_RUN_DIR)
-        elif real.is_dir():
-            class_dirs.append((name, entry, real))
-        else:
-            scan.skip(name, REASON_NOT_IN_CLASS)
-    if not class_dirs:
+    top = scan.folders(root, scan.root_real, "", frozenset())
+    sides = _sides(top)
+    if sides:
+        class_dirs = {side: scan.folders(Path(top[folder][0].path), top[folder][1], folder,
+                                         frozenset({top[folder][1]}))
+                      for side, folder in sides.items()}
+        classes = sorted({name for found in class_dirs.values() for name in found})
+        log.info("%s: split already: training on %s, validating on %s%s", text_name(str(root)),
+                 *(f"{sides[side]}/" for side in ("train", "val")),
+                 f", testing on {sides['test']}/" if "test" in sides else "")
+    else:
+        class_dirs = {"": top}
+        classes = list(top)
+    if not classes:
         raise DataError(f"{text_name(str(root))}: no class folders found "
                         f"(expected {text_name(str(root))}/<class>/<images>)")
-    classes = [name for name, _, _ in class_dirs]
-    for label, (name, entry, real) in enumerate(class_dirs):
-        scan.walk(Path(entry.path), real, name, entry.name, label,
-                  frozenset({scan.root_real, real}))
+    for side, found in class_dirs.items():
+        folder = sides.get(side, "")
+        for name, (entry, real) in found.items():
+            scan.walk(Path(entry.path), real, _join(folder, name), _join(folder, entry.name),
+                      classes.index(name), frozenset({scan.root_real, real}))
     counts = np.bincount([i.label for i in scan.items], minlength=len(classes))
     for class_name, count in zip(classes, counts):
         if count == 0:
             log.warning("%s: class folder %r holds no files", text_name(str(root)), class_name)
-    return Manifest(root, classes, scan.items, scan.skipped, scan.disk_paths)
+    return Manifest(root, classes, scan.items, scan.skipped, scan.disk_paths, sides)
+
+
+def _sides(top: dict[str, tuple[os.DirEntry, Path]]) -> dict[str, str]:
+    """side -> folder when the root's folders are a train one, a validation one and maybe a
+    test one (names as SIDE_FOLDERS, any case), and nothing else; {} for class folders."""
+    sides: dict[str, str] = {}
+    for name in top:
+        side = next((s for s, names in SIDE_FOLDERS.items() if name.lower() in names), None)
+        if side is None or side in sides:
+            return {}
+        sides[side] = name
+    if not {"train", "val"} <= set(sides):
+        return {}
+    if not all(_holds_folders(top[folder][1]) for folder in sides.values()):
+        return {}  # a side of images directly: those are classes named train, val, ...
+    return sides
+
+
+def _holds_folders(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as listing:
+            return any(entry.is_dir() for entry in listing)
+    except OSError:
+        return False
 
 
 class _Scan:
@@ -229,6 +260,29 @@ class _Scan:
 
     def skip(self, rel: str, reason: str) -> None:
         self.skipped.append(Skipped(rel, reason))
+
+    def folders(self, folder: Path, folder_real: Path, rel: str,
+                ancestors: frozenset[Path]) -> dict[str, tuple[os.DirEntry, Path]]:
+        """The class folders directly in `folder`: name -> (entry, real folder); the files and
+        what is no class there skipped with their reasons."""
+        found: dict[str, tuple[os.DirEntry, Path]] = {}
+        for name, entry in self.entries(folder, rel):
+            child = _join(rel, name)
+            if is_os_junk([name]):
+                self.skip(child, REASON_JUNK_FOLDER if _is_dir(entry) else REASON_JUNK)
+                continue
+            real = self.follow(entry, child, folder_real)
+            if real is None:
+                continue
+            if real == self.root_real or real in ancestors:
+                self.skip(child, REASON_LINK_LOOP)
+            elif real.is_dir() and is_run_dir(real):  # no class: a run written into the data
+                self.skip(child, REASON_RUN_DIR)
+            elif real.is_dir():
+                found[name] = (entry, real)
+            else:
+                self.skip(child, REASON_NOT_IN_CLASS)
+        return found
 
     def entries(self, folder: Path, rel: str) -> list[tuple[str, os.DirEntry]]:
         """The folder's entries as (text name, entry), sorted by text name; clashes skipped."""

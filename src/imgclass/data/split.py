@@ -7,8 +7,9 @@ class, then each expands to all its copies; without duplicates this is exactly t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,42 @@ from imgclass.data.dataset import Dataset
 from imgclass.data.scan import DataError
 from imgclass.runtime import stream_seed
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Split:
     train: np.ndarray  # indices into the decodable images, sorted
     val: np.ndarray
+    test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # data split already
+
+    def sides(self) -> list[tuple[str, np.ndarray]]:
+        """(name, indices) of each side that holds images: train, val, and test if any."""
+        every = (("train", self.train), ("val", self.val), ("test", self.test))
+        return [(name, index) for name, index in every if name != "test" or len(index)]
+
+
+def given_split(dataset: Dataset) -> Split:
+    """The split of data split already (Dataset.sides: its train, validation and maybe test
+    folders). Every class needs training images; a content found in the training folder and
+    in another is a warning (that side's accuracy is then not a held-out figure)."""
+    side_of = {folder: side for side, folder in dataset.sides.items()}
+    of = np.array([side_of[path.split("/", 1)[0]] for path in dataset.paths])
+    split = Split(*(np.flatnonzero(of == side) for side in ("train", "val", "test")))
+    untaught = sorted(set(dataset.classes) - {dataset.classes[c]
+                                              for c in dataset.labels[split.train]})
+    if untaught:
+        raise DataError(f"no training images ({dataset.sides['train']}/) for "
+                        f"{'class' if len(untaught) == 1 else 'classes'} {', '.join(untaught)}")
+    if not len(split.val):
+        raise DataError(f"no validation images in {dataset.sides['val']}/")
+    trained = {dataset.sha256[i] for i in split.train}
+    for side, index in split.sides()[1:]:
+        copies = sum(dataset.sha256[i] in trained for i in index)
+        if copies:
+            log.warning("%d images of %s/ have the same content as a training image: its "
+                        "accuracy is not a held-out figure", copies, dataset.sides[side])
+    return split
 
 
 def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
@@ -108,10 +140,10 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
 
 def split_json(split: Split, dataset: Dataset, seed: int, val_split: float) -> dict:
     """What split.json holds: every file of each side with its content hash and class."""
-    return {"seed": seed, "val_split": val_split, **{
+    return {"seed": seed, "val_split": val_split, "given": dataset.sides, **{
         side: [{"path": dataset.paths[i], "sha256": dataset.sha256[i],
                 "label": dataset.classes[dataset.labels[i]]} for i in index]
-        for side, index in (("train", split.train), ("val", split.val))}}
+        for side, index in split.sides()}}
 
 
 def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
@@ -124,9 +156,9 @@ def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
     where = {p: i for i, p in enumerate(dataset.paths)}
     sides: dict[str, np.ndarray] = {}
     changed: list[str] = []
-    for side in ("train", "val"):
+    for side in ("train", "val", "test"):
         kept = []
-        for entry in saved[side]:
+        for entry in saved.get(side, []):
             i = where.get(entry["path"])
             if i is None or dataset.sha256[i] != entry["sha256"] or (
                     dataset.classes[dataset.labels[i]] != entry["label"]):
@@ -134,4 +166,4 @@ def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
             else:
                 kept.append(i)
         sides[side] = np.array(kept, dtype=np.int64)
-    return Split(sides["train"], sides["val"]), changed
+    return Split(sides["train"], sides["val"], sides["test"]), changed
