@@ -1,8 +1,10 @@
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -24,9 +26,20 @@ def test_python_dash_m_runs_the_command():
         assert command in out
 
 
+def _readme_line(start: str) -> list[str]:
+    """The README's command that starts with `start`, as its words (the shell's splitting)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [line] = [line for line in readme.splitlines() if line.startswith(start)]
+    return shlex.split(line)
+
+
 def test_prepare_animals10_raw_gives_the_six_reference_classes(tmp_path):
+    """The README's step 1 as written (it failed: --classes took one word, the rest were read
+    as sources), the data and --out given as absolute paths."""
     raw = shared_dataset("animals10-raw")
-    result = run_cli("prepare", raw, "--classes", " ".join(SIX), "--out", tmp_path / "a6")
+    words = _readme_line("imgclass prepare ../shared/datasets/animals10-raw")
+    assert words[2] == "../shared/datasets/animals10-raw" and words[-2] == "--out"
+    result = run_cli(*words[1:2], raw, *words[3:-1], tmp_path / "a6")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "a6").iterdir()) == SIX
     for name in SIX:
@@ -49,6 +62,10 @@ def test_train_evaluate_predict_through_the_cli(tmp_path):
     assert (config["image_size"], config["epochs"], config["batch_size"], config["lr"],
             config["val_split"], config["seed"], config["patience"]) == (16, 2, 8, 1e-3, 0.25, 3, 1)
     assert "Total" in result.stderr and "epoch 1/2" in result.stderr
+    assert f"the report: {run / 'report.html'}\nnext:\n  imgclass evaluate {run} [DATA_DIR]" in (
+        result.stdout)  # what to do with the run (issue 14.2)
+    assert f"  imgclass predict {run} photo.jpg" in result.stdout
+    assert f"  imgclass serve {run} " in result.stdout
 
     result = run_cli("evaluate", run)
     assert result.exit_code == 0 and "macro-F1" in result.output and "confusion" in result.output

@@ -122,3 +122,31 @@ def test_a_batch_size_below_one_is_refused(trained_run):
         assert result.exit_code == 2 and "--batch-size" in result.output
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         Predictor(trained_run, batch_size=0)
+
+
+def test_predict_takes_one_path_images_in_memory_and_lists_of_them(trained_run, tmp_path):
+    """Issue 14.3: a string is one path (it was iterated per character); PIL images and uint8
+    arrays give the probabilities their files give (a lossless PNG: the same pixels)."""
+    from PIL import Image
+
+    data = make_class_tree(tmp_path / "d", per_class=2, seed=9)
+    png = tmp_path / "red.png"
+    Image.open(data / "red" / "red_000.jpg").convert("RGB").save(png)
+    predictor = Predictor(trained_run)
+    [one] = predictor.predict(str(png), top_k=3)
+    assert one.path == str(png) and one.error is None and len(one.labels) == 3
+    assert [r.path for r in predictor(str(data / "blue"))] == [
+        str(data / "blue" / f"blue_00{i}.jpg") for i in range(2)]  # callable; a folder expanded
+    image = Image.open(png)
+    array = np.asarray(image.convert("RGB"))
+    results = predictor([image, array, png, array[None].repeat(2, axis=0)], top_k=3)
+    assert [r.path for r in results] == ["<image 0>", "<image 1>", str(png), "<image 2>",
+                                         "<image 3>"]
+    for result in results:
+        assert result.labels == one.labels
+        assert result.probabilities == pytest.approx(one.probabilities, abs=1e-6)
+    with pytest.raises(ValueError, match=r"an image array is \(H, W, 3\) uint8 RGB; got "
+                                         r"\(24, 24\) uint8"):
+        predictor(array[:, :, 0])
+    with pytest.raises(TypeError, match="predict takes paths, PIL images or uint8 arrays; got int"):
+        predictor([3])

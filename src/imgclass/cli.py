@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def _table(rows: list[tuple], headers: tuple) -> str:
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to write, one sub-folder per class.")
-@click.option("--classes", multiple=True, help="Keep only these classes (names after mapping); "
-              "repeat the option or separate with spaces or commas.")
+@click.option("--classes", multiple=True, help="Keep only these classes (names after mapping): "
+              "--classes cat,dog,cow (or repeat the option; one quoted value may use spaces).")
 @click.option("--map", "maps", multiple=True, metavar="FROM=TO",
               help="Rename a class folder, e.g. --map gatto=cat.")
 @click.option("--no-builtin-names", is_flag=True,
@@ -228,6 +229,13 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
         click.echo(f"Interrupted: the run ends with epoch {result.history[-1].epoch} (saved); "
                    f"continue it with: imgclass train --resume {result.run_dir}", err=True)
         sys.exit(130)
+    run = shlex.quote(str(result.run_dir))
+    if (result.run_dir / REPORT).is_file():  # (a report that failed was a warning)
+        click.echo(f"the report: {result.run_dir / REPORT}")
+    click.echo("next:\n"
+               f"  imgclass evaluate {run} [DATA_DIR]      # metrics, on other data too\n"
+               f"  imgclass predict {run} photo.jpg photos/  # labels of new photos\n"
+               f"  imgclass serve {run}                     # an HTTP service and a web page")
 
 
 @main.command()

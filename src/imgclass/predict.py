@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from imgclass import atomic, runtime
 from imgclass.checkpoint import load_model, read_meta
 from imgclass.data.batches import to_float
-from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_image
 from imgclass.data.ingest import is_os_junk
 from imgclass.evaluation import predict_proba
 from imgclass.export import FILE as ONNX_FILE
@@ -39,6 +40,35 @@ class Prediction:
     @property
     def label(self) -> str | None:
         return self.labels[0] if self.labels else None
+
+
+# what predict() takes: an image file or a folder of them, a PIL image, an (H, W, 3) uint8 array
+Input = str | os.PathLike | Image.Image | np.ndarray
+
+
+def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.Image]]:
+    """(name, file or image) of one input or of each in a list; a folder gives its files, an
+    (N, H, W, 3) array N images, named "<image i>" as in-memory images are."""
+    if isinstance(given, (str, os.PathLike, Image.Image)) or (
+            isinstance(given, np.ndarray) and given.ndim != 4):
+        given = [given]  # one input (a string is never read character by character)
+    count = 0
+    for one in given:
+        if isinstance(one, (str, os.PathLike)):
+            yield from ((str(path), path) for path in expand_paths([one]))
+            continue
+        arrays = one if isinstance(one, np.ndarray) and one.ndim == 4 else [one]
+        for image in arrays:
+            if isinstance(image, np.ndarray):
+                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                    raise ValueError(f"an image array is (H, W, 3) uint8 RGB; got {image.shape} "
+                                     f"{image.dtype}")
+                image = Image.fromarray(image)
+            elif not isinstance(image, Image.Image):
+                raise TypeError(f"predict takes paths, PIL images or uint8 arrays; got "
+                                f"{type(image).__name__}")
+            yield f"<image {count}>", image
+            count += 1
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -170,19 +200,23 @@ class Predictor:
         best = np.argsort(-probabilities, kind="stable")[:max(1, min(top_k, len(self.classes)))]
         return [self.classes[i] for i in best], [float(probabilities[i]) for i in best]
 
-    def predict(self, paths: Iterable[str | os.PathLike], top_k: int = 1) -> list[Prediction]:
-        """Top-k labels for every image file (folders expanded); undecodable files carry .error."""
-        return list(self.predict_iter(paths, top_k))
+    def predict(self, inputs: Input | Iterable[Input], top_k: int = 1) -> list[Prediction]:
+        """Top-k labels of one input or a list of them: image files (folders expanded), PIL
+        images, (H, W, 3) uint8 RGB arrays (or one (N, H, W, 3) array); in-memory images are
+        resized as files are decoded. Undecodable files carry .error."""
+        return list(self.predict_iter(inputs, top_k))
 
-    def predict_iter(self, paths: Iterable[str | os.PathLike], top_k: int = 1,
+    __call__ = predict
+
+    def predict_iter(self, inputs: Input | Iterable[Input], top_k: int = 1,
                      progress: bool = False) -> Iterator[Prediction]:
         """predict() as a stream, in input order, a batch at a time; progress: a bar on stderr."""
-        files = list(expand_paths(paths))
+        items = list(_inputs(inputs))
         batch: list[Prediction] = []
         pixels: list[np.ndarray] = []
-        with tqdm(total=len(files), unit="img", disable=None if progress else True) as bar:
-            for path, decoded in self._decoded(files):
-                prediction = Prediction(str(path))
+        with tqdm(total=len(items), unit="img", disable=None if progress else True) as bar:
+            for name, decoded in self._decoded(items):
+                prediction = Prediction(name)
                 batch.append(prediction)
                 if isinstance(decoded, str):
                     prediction.error = decoded
@@ -203,18 +237,23 @@ class Predictor:
                 prediction.labels, prediction.probabilities = self.top(row, top_k)
         return batch
 
-    def _decoded(self, files: list[Path]) -> Iterator[tuple[Path, np.ndarray | str]]:
-        """(path, pixels or skip reason) in order; at most two batches decoded ahead."""
-        def load(path: Path) -> np.ndarray | str:
+    def _decoded(self, items: list[tuple[str, Path | Image.Image]]
+                 ) -> Iterator[tuple[str, np.ndarray | str]]:
+        """(name, pixels or skip reason) in order; at most two batches decoded ahead."""
+        size = (self.meta.image_size, self.meta.image_size)
+
+        def load(source: Path | Image.Image) -> np.ndarray | str:
             try:
-                return self.load_pixels(path)
+                if isinstance(source, Image.Image):
+                    return resize_image(source, size)
+                return self.load_pixels(source)
             except ImageDecodeError as err:
                 return err.reason
 
-        window: deque[tuple[Path, Future]] = deque()
+        window: deque[tuple[str, Future]] = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="imgclass-predict") as pool:
-            for path in files:
-                window.append((path, pool.submit(load, path)))
+            for path, source in items:
+                window.append((path, pool.submit(load, source)))
                 if len(window) > 2 * self.batch_size:
                     done, future = window.popleft()
                     yield done, future.result()

@@ -86,8 +86,15 @@ def decode_image(
             img.draft("RGB", (height, width) if turned else (width, height))
         img.load()
         _exif_transpose(img, name)
-        rgb = _to_rgb(img).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.array(rgb, dtype=np.uint8)  # a writable, contiguous copy
+        return resize_image(img, size)
+
+
+def resize_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An image in memory, as decode_image ends: RGB, squashed to (height, width) bilinearly
+    (Pillow's reducing_gap 3.0), a (height, width, 3) uint8 array."""
+    height, width = size
+    rgb = _to_rgb(img).resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.array(rgb, dtype=np.uint8)  # a writable, contiguous copy
 
 
 def read_image_header(
