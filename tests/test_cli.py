@@ -99,3 +99,22 @@ def test_a_run_whose_json_files_are_damaged_is_named_in_one_line(trained_run, tm
                                        str(recipe)])
     assert result.exit_code == 1
     assert f'{recipe}: epochs must be an integer, got "ten"' in result.output
+
+
+def test_help_describes_every_option_and_no_summary_is_cut():
+    """Issue 14.7."""
+    import click
+
+    listing = CliRunner().invoke(main, ["--help"], terminal_width=80).output
+    commands = listing.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == len(main.commands)
+    assert not [line for line in commands if line.endswith("...")], commands
+    for name, command in main.commands.items():
+        undescribed = [p.name for p in command.params
+                       if isinstance(p, click.Option) and not p.help]
+        assert not undescribed, (name, undescribed)
+        assert "scan.json" not in CliRunner().invoke(main, [name, "--help"]).output or (
+            name == "scan")
+    train_help = CliRunner().invoke(main, ["train", "--help"], terminal_width=200).output
+    assert re.search(r"--epochs INTEGER +Maximum number of epochs\.  \[default: the recipe's\]",
+                     train_help)

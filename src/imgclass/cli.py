@@ -65,7 +65,7 @@ def _table(rows: list[tuple], headers: tuple) -> str:
     return "\n".join(lines)
 
 
-@main.command()
+@main.command(short_help="Zips and folders of photos to class folders.")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder to write, one sub-folder per class.")
@@ -117,7 +117,7 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
                                                       path_type=Path))
 
 
-@main.command()
+@main.command(short_help="Train a classifier on class folders.")
 @click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False,
                                                             path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
@@ -238,12 +238,12 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
                f"  imgclass serve {run}                     # an HTTP service and a web page")
 
 
-@main.command()
+@main.command(short_help="Metrics of a run, on its split or other data.")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data_dir", required=False,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write the results.")
-@click.option("--cache-dir", type=click.Path(path_type=Path))
+@_CACHE_DIR
 @_TTA
 def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None,
              tta: bool | None) -> None:
@@ -260,7 +260,7 @@ def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path
                       ("", *m.classes)))
 
 
-@main.command()
+@main.command(short_help="Write a run's self-contained HTML report.")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write (default RUN/report.html).")
@@ -279,7 +279,7 @@ _BACKEND = click.option(
     "on CPUs without native bf16, PyTorch elsewhere.")
 
 
-@main.command()
+@main.command(short_help="Labels of new photos (files or folders).")
 @click.argument("model", type=_MODEL_SOURCE)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--top-k", type=int, default=1, show_default=True, help="Labels per image.")
@@ -329,9 +329,10 @@ def predict(model: Path, paths: tuple[Path, ...], top_k: int, fmt: str, batch_si
         log.warning("%d files skipped (not decodable images)", skipped)
 
 
-@main.command()
+@main.command(short_help="Export a run's model to ONNX.")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="The export's format (ONNX, opset 18, dynamic batch).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The model file to write [default: RUN/model.onnx]; its metadata goes "
                    "beside it (model.onnx.json).")
@@ -344,11 +345,11 @@ def export(run: Path, fmt: str, out: Path | None, tta: bool | None) -> None:
     click.echo(f"wrote {path} and {metadata_path(path)}")
 
 
-@main.command()
+@main.command(short_help="An HTTP service and web page for a model.")
 @click.argument("model", type=_MODEL_SOURCE)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
 @click.option("--max-upload-mb", type=float, default=20, show_default=True,
               help="Largest request body; larger ones get 413.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
@@ -370,7 +371,7 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: i
                 max_pixels=max_pixels, top_k=top_k, batch_size=batch_size, backend=backend)
 
 
-@main.command()
+@main.command(short_help="Check a data folder without training.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--image-size", type=int,
               help="Side the images are decoded to (default: the seed recipe's), so a later "
@@ -415,7 +416,7 @@ def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_co
                            for g in report.conflicts], ("sha256", "classes", "files")))
 
 
-@main.command("lr-find")
+@main.command("lr-find", short_help="Learning-rate range test.")
 @_DATA_DIR
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for lr_find.csv, .png and "
               ".json [default: runs/<data>-lr-find].")
@@ -427,8 +428,10 @@ def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_co
 @_SEED
 @click.option("--steps", type=int, default=100, show_default=True,
               help="Optimiser steps of the sweep (at most).")
-@click.option("--start-lr", type=float, default=1e-7, show_default=True)
-@click.option("--end-lr", type=float, default=10.0, show_default=True)
+@click.option("--start-lr", type=float, default=1e-7, show_default=True,
+              help="Learning rate of the sweep's first step.")
+@click.option("--end-lr", type=float, default=10.0, show_default=True,
+              help="Learning rate the sweep grows to (it stops earlier when the loss diverges).")
 @_CACHE_DIR
 def lr_find(data_dir: Path, out: Path | None, recipe: str | None, steps: int, start_lr: float,
             end_lr: float, cache_dir: Path | None, **overrides) -> None:
@@ -445,12 +448,13 @@ def lr_find(data_dir: Path, out: Path | None, recipe: str | None, steps: int, st
     click.echo(f"plot and table in {out} (lr_find.png, lr_find.csv, lr_find.json)")
 
 
-@main.command()
+@main.command(short_help="Search hyperparameters with Optuna.")
 @_DATA_DIR
 @click.option("--trials", type=int, required=True, help="Trials to finish (counting those "
               "of an earlier, interrupted tune in --out).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder of the study (study.db), trials.csv, history.png, best_recipe.json.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder of the study (study.db), trials.csv, history.png, best_recipe.json "
+                   "[default: runs/<data>-tune].")
 @_RECIPE
 @_MODEL
 @_PRETRAINED
@@ -459,10 +463,12 @@ def lr_find(data_dir: Path, out: Path | None, recipe: str | None, steps: int, st
 @_SEED
 @click.option("--timeout", type=float, help="Start no new trial after this many seconds.")
 @_CACHE_DIR
-def tune(data_dir: Path, trials: int, out: Path, recipe: str | None, timeout: float | None,
-         cache_dir: Path | None, **overrides) -> None:
+def tune(data_dir: Path, trials: int, out: Path | None, recipe: str | None,
+         timeout: float | None, cache_dir: Path | None, **overrides) -> None:
     """Search learning rate, batch size, dropout and augmentation with Optuna."""
     from imgclass.tune import tune as run_tune
+
+    out = out or Path("runs") / f"{data_dir.resolve().name}-tune"
 
     try:
         result = run_tune(data_dir, out, trials, recipe=recipe, timeout=timeout,
@@ -483,3 +489,21 @@ def tune(data_dir: Path, trials: int, out: Path, recipe: str | None, timeout: fl
     click.echo(f"best: trial {result.study.best_trial.number}, validation accuracy "
                f"{result.best_val_acc:.4f}; recipe written to {out / 'best_recipe.json'} "
                f"(imgclass train DATA --recipe {out / 'best_recipe.json'})")
+
+
+def _recipe_defaults_shown() -> None:
+    """A recipe's value is the default of every option that overrides one: say so in --help
+    (the value depends on --recipe, so click cannot show it)."""
+    import dataclasses
+
+    from imgclass.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} | set(AUGMENT_OPTIONS)
+    for command in (train, lr_find, tune):
+        for param in command.params:
+            if (isinstance(param, click.Option) and param.name in fields and param.help
+                    and "default" not in param.help and not param.show_default):
+                param.help += "  [default: the recipe's]"
+
+
+_recipe_defaults_shown()

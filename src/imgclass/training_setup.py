@@ -78,7 +78,8 @@ def load_data(data_dir: Path, config: TrainConfig, cache_dir: str | os.PathLike 
              len(dataset.skipped), dataset.decoded_now)
     report = dataset.report
     log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
-             "conflicts (%s): see scan.json", len(report.duplicates), len(report.conflicts),
+             "conflicts (%s): imgclass scan lists them", len(report.duplicates),
+             len(report.conflicts),
              "kept" if report.conflicts_kept else "left out")
     return dataset
 
