@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     factory = pytest.TempPathFactory.from_config(config, _ispytest=True)
     set_hypothesis_home_dir(factory.getbasetemp() / "hypothesis")
+    # Ctrl-C as a user sends it, whatever started the suite: a background job of a shell
+    # without job control inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (nor do the imgclass processes the tests start, which inherit it)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
