@@ -169,7 +169,7 @@ def main() -> None:
         tmp = Path(name)
         os.environ["IMGCLASS_CACHE_DIR"] = str(tmp / "cache")
         data = make_class_tree(tmp / "data", per_class=6)
-        code, last = imgclass("train", data, "--out", tmp / "run", *TINY)
+        code, last = imgclass("train", data, "--out", tmp / "run", *TINY, "--keep-checkpoint")
         if code:
             sys.exit(f"the tiny training failed: {last}")
         rows = [(case, *check()) for case, check in cases(tmp, tmp / "run", data)]

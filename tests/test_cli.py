@@ -66,6 +66,13 @@ def test_train_evaluate_predict_through_the_cli(tmp_path):
         result.stdout)  # what to do with the run (issue 14.2)
     assert f"  imgclass predict {run} photo.jpg" in result.stdout
     assert f"  imgclass serve {run} " in result.stdout
+    # finished: the resume checkpoint is gone (issue 14.6), the model and the report stay
+    assert not (run / "checkpoint.safetensors").exists() and not (run / "checkpoint.json").exists()
+    assert "removed the resume checkpoint (" in result.stderr
+    kept = tmp_path / "runs" / "kept"
+    assert run_cli("train", data, "--out", kept, "--image-size", "16", "--epochs", "1",
+                   "--keep-checkpoint").exit_code == 0
+    assert (kept / "checkpoint.safetensors").is_file() and (kept / "checkpoint.json").is_file()
 
     result = run_cli("evaluate", run)
     assert result.exit_code == 0 and "macro-F1" in result.output and "confusion" in result.output

@@ -190,13 +190,16 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last completed epoch, with its own "
-                   "recipe, options and data (give no other option but --cache-dir and "
-                   "--no-export).")
+                   "recipe, options and data (give no other option but --cache-dir, "
+                   "--no-export and --keep-checkpoint).")
+@click.option("--keep-checkpoint", is_flag=True, help="Keep the resume checkpoint (the model "
+              "and optimiser state, 100+ MB for the seed CNN) once the run has finished.")
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Write RUN/model.onnx at the end: predict and serve run it in ONNX Runtime "
                    "on CPUs without native bf16 (about 2x faster there).")
 def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir: Path | None,
-          overwrite: bool, resume: Path | None, export: bool, **overrides) -> None:
+          overwrite: bool, resume: Path | None, export: bool, keep_checkpoint: bool,
+          **overrides) -> None:
     """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits).
 
     Ctrl-C ends the run at its last completed epoch (exit code 130); --resume continues it.
@@ -212,7 +215,8 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
         overrides["augment"] = augment
     try:
         result = run_train(data_dir, out, recipe=recipe, cache_dir=cache_dir, progress=True,
-                           overwrite=overwrite, resume=resume, export=export, **overrides)
+                           overwrite=overwrite, resume=resume, export=export,
+                           keep_checkpoint=keep_checkpoint, **overrides)
     except KeyboardInterrupt:
         click.echo("Interrupted before the first epoch ended: no checkpoint to keep.", err=True)
         sys.exit(130)

@@ -367,6 +367,19 @@ def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
     return out
 
 
+def _remove_checkpoints(run_dir: Path) -> None:
+    """The resume checkpoints of a finished run (its stages' too), with what they take logged."""
+    files = [run_dir / name for name in (CHECKPOINT, CHECKPOINT_SUMMARY)]
+    files += [run_dir / FINETUNE / name for name in (CHECKPOINT, CHECKPOINT_SUMMARY)]
+    freed = sum(path.stat().st_size for path in files if path.is_file())
+    for path in files:
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # removed when empty
+        (run_dir / FINETUNE).rmdir()
+    log.info("removed the resume checkpoint (%.0f MB): the run is finished (--keep-checkpoint "
+             "keeps it)", freed / 1e6)
+
+
 def _clear_stale(run_dir: Path) -> None:
     """A new run into a folder that held one (--overwrite) never resumes or reports it."""
     for stale in (CHECKPOINT, CHECKPOINT_SUMMARY, "metrics.json"):
@@ -459,16 +472,18 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
           recipe: str | None = None, cache_dir: str | os.PathLike | None = None,
           progress: bool = False, overwrite: bool = False,
           resume: str | os.PathLike | None = None, export: bool = True,
-          **overrides) -> TrainResult:
+          keep_checkpoint: bool = False, **overrides) -> TrainResult:
     """Train a classifier on a class-folder tree (default: the built-in digits) into a run folder.
 
     recipe: a named recipe or a .json recipe file (default: seed).
     overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
     resume: a run folder to continue from its last completed epoch, with the recipe, overrides
-        and data stored in it; any other argument but cache_dir, progress and export is then an
-        error.
+        and data stored in it; any other argument but cache_dir, progress, export and
+        keep_checkpoint is then an error.
     export: write the model as RUN/model.onnx at the end too (ONNX Runtime: the engine that
         `Predictor` picks on CPUs without native bf16); a failed export is a warning.
+    keep_checkpoint: keep the resume checkpoint (model, optimiser state: 100+ MB for the seed
+        CNN) once the run has finished; by default it goes with the need for it.
     Under torchrun every process calls this; rank 0 writes the run directory, the others return
     a TrainResult with empty metrics.
     """
@@ -511,7 +526,7 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
                 _clear_stale(run_dir)
             with _run_log(run_dir, append=stored is not None, write=ranks.is_main):
                 return _train(data_dir, run_dir, config, cache_dir, progress, stored, device,
-                              ranks, export)
+                              ranks, export, keep_checkpoint)
     finally:
         package_log.setLevel(level)
         ranks.stop()
@@ -568,7 +583,7 @@ def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, d
 def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
            cache_dir: str | os.PathLike | None, progress: bool,
            stored: dict | None, device: Device, ranks: Context,
-           export: bool) -> TrainResult:
+           export: bool, keep_checkpoint: bool) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
 
@@ -636,6 +651,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     try:
         with _ctrl_c(defer=True):
             metrics = _save_results(run_dir, model, setup, fitted, started)
+            if not interrupted and not keep_checkpoint:  # finished: nothing left to resume
+                _remove_checkpoints(run_dir)
         for name, write in later:
             with _ctrl_c(defer=False):
                 write(run_dir)
