@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -279,3 +280,20 @@ def test_a_damaged_or_relabelled_model_never_answers(trained_run, tmp_path, capl
         with pytest.raises(CheckpointError, match=r"model\.json: its classes .* are not those "
                                                   r"saved with the weights"):
             Predictor(run, backend=backend)
+
+
+def test_the_readme_onnx_script_reproduces_predict(trained_run, tmp_path):
+    """Issue 14.5: the ONNX file's metadata_props and the README's onnxruntime + Pillow script
+    alone give predict's probabilities to 1e-6 (a JPEG: the draft step matters)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("probabilities (to 1e-6, a test runs this script):\n```python\n")[1]
+    script = block.split("```")[0]
+    photo = make_class_tree(tmp_path / "d", per_class=1, size=96, seed=5) / "red" / "red_000.jpg"
+    script = script.replace("runs/animals6/model.onnx", str(trained_run / "model.onnx")).replace(
+        '"photo.jpg"', repr(str(photo)))
+    scope: dict = {}
+    exec(compile(script, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    [expected] = Predictor(trained_run, backend="onnx").predict(str(photo), top_k=3)
+    got = dict(zip(scope["classes"], scope["probabilities"].tolist()))
+    assert [got[label] for label in expected.labels] == pytest.approx(expected.probabilities,
+                                                                      abs=1e-6)

@@ -30,6 +30,12 @@ FILE = "model.onnx"  # in a run directory: written at the end of `train` and by 
 OPSET = 18
 TOLERANCE = 1e-4  # largest difference in probability tolerated between PyTorch and ONNX Runtime
 CLASSES_KEY = "imgclass.classes"  # the ONNX file's own metadata_props: its class list (JSON)
+# how an image becomes the input (also in metadata_props), precisely enough to reproduce it:
+# the README's onnxruntime script follows it and gives predict's probabilities (a test)
+INPUT_RULE = ("Pillow: open; for a JPEG, draft('RGB', (S, S)) before decoding; apply the EXIF "
+              "orientation; convert to RGB; resize((S, S), Image.Resampling.BILINEAR, "
+              "reducing_gap=3.0) (squashed, no crop); float32 / 255; channels first, batch "
+              "first: (N, 3, S, S). S = imgclass.image_size; the model normalises inside.")
 
 
 def metadata_path(onnx_file: str | os.PathLike) -> Path:
@@ -58,7 +64,8 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     classifier = getattr(loaded.model, "head", None)
     # the class list goes into the file itself (metadata_props), so the file's sha256 covers it
     # and a class list edited beside it (model.onnx.json) is caught (OnnxModel)
-    props = {CLASSES_KEY: json.dumps(meta.classes)}
+    props = {CLASSES_KEY: json.dumps(meta.classes), "imgclass.image_size": str(meta.image_size),
+             "imgclass.input": INPUT_RULE, "imgclass.tta_flip": json.dumps(meta.tta_flip)}
     if body is not None and body.is_file() and not meta.tta_flip and isinstance(
             classifier, torch.nn.Linear):
         append_head(body, classifier, out, props)
