@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -44,6 +45,8 @@ def test_health_model_page_and_openapi(served_run, trained_run):
     assert status == 200 and model["classes"] == local.meta.classes
     assert model["image_size"] == local.meta.image_size and model["backend"] == local.backend
     assert model["metrics"]["best_val_acc"] is not None
+    assert model["source"] == trained_run.name  # issue 14.4: no server path shown to clients
+    assert str(trained_run.parent) not in json.dumps(model)
     status, page = request(f"{served_run}/")
     assert status == 200 and '<input id="files" type="file"' in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere

@@ -171,7 +171,8 @@ class Predictor:
 
     def describe(self) -> dict:
         """What a client needs to know about the model (the service's GET /model)."""
-        return {"source": str(self.source), "backend": self.backend, **asdict(self.meta),
+        # the model's name, not where it lies: the service shows this to any client
+        return {"source": Path(self.source).name, "backend": self.backend, **asdict(self.meta),
                 "metrics": self.metrics}
 
     def load_pixels(self, source: str | os.PathLike | bytes, name: str | None = None,
