@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -54,10 +55,15 @@ from imgclass.data.features import feature_folder
 from imgclass.data.scan import DataError
 from imgclass.data.split import Split, saved_split, split_json
 from imgclass.distributed import Context
-from imgclass.evaluation import classification_metrics, predict_proba, write_metrics
+from imgclass.evaluation import (
+    ClassificationMetrics,
+    classification_metrics,
+    predict_proba,
+    write_metrics,
+)
 from imgclass.export import FILE as ONNX_FILE
 from imgclass.html_report import REPORT, write_report
-from imgclass.models.backbones import Backbone
+from imgclass.models.backbones import Backbone, FeatureHead
 from imgclass.models.summary import model_summary
 from imgclass.optim import build_optimizer, build_schedule
 from imgclass.report import plot_curves
@@ -367,23 +373,22 @@ def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
     return out
 
 
-def _remove_checkpoints(run_dir: Path) -> None:
-    """The resume checkpoints of a finished run (its stages' too), with what they take logged."""
-    files = [run_dir / name for name in (CHECKPOINT, CHECKPOINT_SUMMARY)]
-    files += [run_dir / FINETUNE / name for name in (CHECKPOINT, CHECKPOINT_SUMMARY)]
+def _remove_checkpoints(run_dir: Path) -> int:
+    """Remove a run's resume checkpoints (its fine-tuning stage's too); returns their bytes."""
+    files = [folder / name for folder in (run_dir, run_dir / FINETUNE)
+             for name in (CHECKPOINT, CHECKPOINT_SUMMARY)]
     freed = sum(path.stat().st_size for path in files if path.is_file())
     for path in files:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # removed when empty
         (run_dir / FINETUNE).rmdir()
-    log.info("removed the resume checkpoint (%.0f MB): the run is finished (--keep-checkpoint "
-             "keeps it)", freed / 1e6)
+    return freed
 
 
 def _clear_stale(run_dir: Path) -> None:
     """A new run into a folder that held one (--overwrite) never resumes or reports it."""
-    for stale in (CHECKPOINT, CHECKPOINT_SUMMARY, "metrics.json"):
-        (run_dir / stale).unlink(missing_ok=True)
+    _remove_checkpoints(run_dir)
+    (run_dir / "metrics.json").unlink(missing_ok=True)
 
 
 def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
@@ -644,7 +649,7 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     # Ctrl-C while the run's files are written waits for them (seconds), then skips what
     # `imgclass export` and `imgclass report` can write later
     body = (feature_folder(setup.backbone, config.image_size, cache_dir) / FEATURES_ONNX
-            if setup.backbone is not None and not setup.body_trained else None)
+            if isinstance(model, FeatureHead) else None)  # else layers below the head trained
     later = ([(ONNX_FILE, lambda run: _export(run, body))] if export else []) + [
         (REPORT, _report)]
     unwritten = [name for name, _ in later]
@@ -652,7 +657,8 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
         with _ctrl_c(defer=True):
             metrics = _save_results(run_dir, model, setup, fitted, started)
             if not interrupted and not keep_checkpoint:  # finished: nothing left to resume
-                _remove_checkpoints(run_dir)
+                log.info("removed the resume checkpoint (%.0f MB): the run is finished "
+                         "(--keep-checkpoint keeps it)", _remove_checkpoints(run_dir) / 1e6)
         for name, write in later:
             with _ctrl_c(defer=False):
                 write(run_dir)
@@ -680,10 +686,16 @@ def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted:
     atomic.write_text(run_dir / "history.csv", _history_csv(rows))
     columns = {k: [row[k] for row in rows] for k in rows[0]}
     plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
-    probabilities = predict_proba(model, val_data.pixels, device, config.batch_size,
-                                  tta_flip=config.tta_flip)
-    val_labels = val_data.labels.cpu().numpy()  # the labels may be on a GPU
-    validation = classification_metrics(val_labels, probabilities.argmax(1), dataset.classes)
+
+    def scored(side: Tensors) -> tuple[np.ndarray, np.ndarray, ClassificationMetrics]:
+        """(probabilities, labels, metrics) of `model` on one side of the split."""
+        probabilities = predict_proba(model, side.pixels, device, config.batch_size,
+                                      tta_flip=config.tta_flip)
+        labels = side.labels.cpu().numpy()  # the labels may be on a GPU
+        return probabilities, labels, classification_metrics(labels, probabilities.argmax(1),
+                                                             dataset.classes)
+
+    probabilities, val_labels, validation = scored(val_data)
     write_metrics(validation, run_dir)
     best = max(history, key=lambda h: h.val_acc)
     metrics = {
@@ -701,10 +713,7 @@ def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted:
         "total_seconds": time.perf_counter() - started,
     }
     if setup.test is not None:  # the data's own test folder, never trained or validated on
-        tested = predict_proba(model, setup.test.pixels, device, config.batch_size,
-                               tta_flip=config.tta_flip)
-        test = classification_metrics(setup.test.labels.cpu().numpy(), tested.argmax(1),
-                                      dataset.classes)
+        _, _, test = scored(setup.test)
         metrics |= {"test_accuracy": test.accuracy, "test_macro_f1": test.macro_f1,
                     "test_images": len(split.test)}
         log.info("test accuracy %.4f, macro-F1 %.4f on the %d images of %s/", test.accuracy,

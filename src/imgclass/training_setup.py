@@ -143,7 +143,6 @@ class TrainingSetup:
     val: Tensors
     test: Tensors | None = None  # data split already, with a test folder: reported at the end
     backbone: Backbone | None = None  # cached_features: the backbone of the features
-    body_trained: bool = False  # layers of that backbone below its head trained (activations)
     data_dir: Path | None = None  # where the data came from, and its cache (with_images)
     cache_dir: str | os.PathLike | None = None
 
@@ -202,8 +201,8 @@ class TrainingSetup:
                  "rows (each image and its mirror), %d validation, %s each, in %.1f s", stages,
                  len(train.labels), len(val.labels), "x".join(map(str, val.pixels.shape[1:])),
                  time.perf_counter() - started)
-        return dataclasses.replace(self, train=train, val=val, test=test, backbone=backbone,
-                                   body_trained=True), top
+        return dataclasses.replace(self, train=train, val=val, test=test,
+                                   backbone=backbone), top
 
     def model_to_save(self, trained: nn.Module) -> nn.Module:
         """What the run keeps: the trained model, or on cached features or activations the
