@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import make_class_tree  # noqa: E402 - the tests' own synthetic photos
 from tests.service import multipart, request, running_service  # noqa: E402
 
-TINY = ("--epochs", "1", "--image-size", "8")
+TINY = ("--recipe", "seed", "--epochs", "1", "--image-size", "8")
 
 
 def imgclass(*args, cwd: Path | None = None, limit_bytes: int | None = None,

@@ -99,7 +99,8 @@ def trained_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("trained")
     data = make_class_tree(base / "data", per_class=16)
     result = train(data, base / "run", cache_dir=base / "cache", image_size=16, epochs=4,
-                   batch_size=8, seed=1, keep_checkpoint=True)  # test_checkpoint reads it
+                   batch_size=8, seed=1, recipe="seed",
+                   keep_checkpoint=True)  # test_checkpoint reads it
     return result.run_dir
 
 

@@ -27,8 +27,8 @@ from imgclass.training import train
 from tests.conftest import ctrl_c_after_epoch, make_class_tree, shared_dataset
 
 BACKBONE_NAMES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]  # once torchvision's
-OPTIONS = {"model": "mobilenet_v3_small", "image_size": 32, "batch_size": 8, "patience": 0,
-           "precision": "fp32", "seed": 2}
+OPTIONS = {"recipe": "seed", "model": "mobilenet_v3_small", "image_size": 32, "batch_size": 8,
+           "patience": 0, "precision": "fp32", "seed": 2}
 
 
 def _body(model: torch.nn.Module, head: str) -> dict[str, torch.Tensor]:
@@ -202,9 +202,9 @@ def test_backbone_options_and_default_image_size():
     assert build_config(model="efficientnet_b0", image_size=32).image_size == 32
     assert build_config(model="tf_efficientnet_lite0").image_size == 224
     assert build_config(model="test_vit").image_size == 160  # any timm name, its own size
-    assert build_config().image_size == 64  # the seed recipe is unchanged
+    assert build_config("seed").image_size == 64  # the seed recipe is unchanged
     with pytest.raises(ValueError, match="need a pretrained backbone"):
-        build_config(freeze_epochs=1)
+        build_config("seed", freeze_epochs=1)
     with pytest.raises(ValueError, match="unknown model 'resnet1000'.*a timm backbone"):
         build_config(model="resnet1000")
     assert set(BACKBONE_NAMES) == set(LEGACY)

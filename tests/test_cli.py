@@ -56,7 +56,7 @@ def test_train_evaluate_predict_through_the_cli(tmp_path):
     run = tmp_path / "runs" / "x"
     result = run_cli("train", data, "--out", run, "--image-size", "16", "--epochs", "2",
                      "--batch-size", "8", "--lr", "0.001", "--val-split", "0.25", "--seed", "3",
-                     "--patience", "1")
+                     "--patience", "1", "--recipe", "seed")
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert (config["image_size"], config["epochs"], config["batch_size"], config["lr"],
@@ -71,7 +71,7 @@ def test_train_evaluate_predict_through_the_cli(tmp_path):
     assert "removed the resume checkpoint (" in result.stderr
     kept = tmp_path / "runs" / "kept"
     assert run_cli("train", data, "--out", kept, "--image-size", "16", "--epochs", "1",
-                   "--keep-checkpoint").exit_code == 0
+                   "--keep-checkpoint", "--recipe", "seed").exit_code == 0
     assert (kept / "checkpoint.safetensors").is_file() and (kept / "checkpoint.json").is_file()
 
     result = run_cli("evaluate", run)

@@ -45,7 +45,7 @@ def _one_line_naming(result: subprocess.CompletedProcess, inside: Path) -> Path:
 def test_a_full_disk_while_decoding_or_training_is_one_line(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     cache = tmp_path / "cache"
-    small = ("--epochs", "1", "--image-size", "32", "--cache-dir", cache)
+    small = ("--recipe", "seed", "--epochs", "1", "--image-size", "32", "--cache-dir", cache)
     named = _one_line_naming(_imgclass("train", data, "--out", tmp_path / "run", *small,
                                        limit=4096), cache)
     assert named.suffix == ".npy" and not named.exists()  # its temporary file is gone too
@@ -84,7 +84,8 @@ def test_a_read_only_disk_is_one_line_and_v_keeps_the_traceback(tmp_path, monkey
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    args = ["train", str(data), "--out", str(out), "--epochs", "1", "--image-size", "8"]
+    args = ["train", str(data), "--out", str(out), "--recipe", "seed", "--epochs", "1",
+            "--image-size", "8"]
     quiet = CliRunner().invoke(main, args)
     assert quiet.exit_code == 1
     assert quiet.output.strip().splitlines()[-1] == f"Error: {out}: Read-only file system"

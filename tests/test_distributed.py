@@ -99,7 +99,8 @@ def _history(run: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-OPTIONS = {"image_size": 16, "epochs": 2, "batch_size": 8, "seed": 1, "precision": "fp32"}
+OPTIONS = {"recipe": "seed", "image_size": 16, "epochs": 2, "batch_size": 8, "seed": 1,
+           "precision": "fp32"}
 # tolerance, 2 processes vs 1 at every epoch. They differ by BatchNorm statistics (over 4 images
 # per rank instead of 8), augmentation and dropout draws; measured: |val_loss| 0.003, |train_loss|
 # 0.06 (epoch 1), val_acc equal. A rank training alone (no gradient averaging) or twice the

@@ -222,7 +222,7 @@ def test_predictor_asked_for_another_tta_than_the_export_runs_pytorch(trained_ru
 def test_no_export_and_a_failed_export_leave_a_working_run(tmp_path, monkeypatch, caplog):
     data = make_class_tree(tmp_path / "d", per_class=6)
     plain = train(data, tmp_path / "plain", cache_dir=tmp_path / "c", image_size=16, epochs=1,
-                  batch_size=8, export=False)
+                  batch_size=8, export=False, recipe="seed")
     assert not (plain.run_dir / "model.onnx").exists()
     assert Predictor(plain.run_dir).backend == "pytorch"
 
@@ -232,7 +232,7 @@ def test_no_export_and_a_failed_export_leave_a_working_run(tmp_path, monkeypatch
     monkeypatch.setattr(export, "export_onnx", failing)
     with caplog.at_level(logging.WARNING, logger="imgclass"):
         failed = train(data, tmp_path / "failed", cache_dir=tmp_path / "c", image_size=16,
-                       epochs=1, batch_size=8)
+                       epochs=1, batch_size=8, recipe="seed")
     assert "model.onnx not written (exporter says no)" in caplog.text
     assert (failed.run_dir / "metrics.json").is_file()
     assert not (failed.run_dir / "model.onnx").exists()

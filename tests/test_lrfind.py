@@ -29,7 +29,8 @@ def test_sweep_writes_only_its_outputs_and_stops_on_divergence(class_tree, tmp_p
     before = sorted(p for p in class_tree.rglob("*"))
     out = tmp_path / "lrf"
     cli = CliRunner().invoke(main, [
-        "lr-find", str(class_tree), "--out", str(out), "--image-size", "16", "--batch-size", "4",
+        "lr-find", str(class_tree), "--out", str(out), "--recipe", "seed", "--image-size", "16",
+        "--batch-size", "4",
         "--steps", "30", "--start-lr", "1e-5", "--end-lr", "1e4",
         "--cache-dir", str(tmp_path / "cache")])
     assert cli.exit_code == 0, cli.output

@@ -16,7 +16,7 @@ from imgclass.data.scan import DataError, scan_folder
 from imgclass.training import train
 from tests.conftest import ctrl_c_after_epoch, make_class_tree
 
-OPTIONS = {"image_size": 8, "epochs": 2, "batch_size": 8, "seed": 3}
+OPTIONS = {"recipe": "seed", "image_size": 8, "epochs": 2, "batch_size": 8, "seed": 3}
 
 
 @pytest.fixture

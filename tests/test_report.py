@@ -33,7 +33,7 @@ def nasty_run(tmp_path_factory):
     odd = data / "<b>bold" / "<b>bold_000.jpg"
     odd.rename(odd.with_name("<img src=x onerror=alert(2)>.jpg"))
     result = train(data, base / "run", image_size=16, epochs=2, batch_size=8, seed=3,
-                   val_split=0.4)
+                   val_split=0.4, recipe="seed")
     return result.run_dir
 
 

@@ -29,8 +29,9 @@ from tests.test_training import RUN_FILES, assert_same_results
 # 96 training images in batches of 4: an epoch is a second or two of real work on a small CPU
 # and the options whose state lives in the checkpoint beyond the seed recipe's: AdamW, a cosine
 # schedule (SequentialLR), the balanced sampler, MixUp/CutMix/erasing from the augment stream
-OPTIONS = {"image_size": 16, "epochs": 3, "batch_size": 4, "seed": 3, "precision": "fp32",
-           "optimizer": "adamw", "schedule": "cosine", "warmup": 0.2, "sampler": "balanced"}
+OPTIONS = {"recipe": "seed", "image_size": 16, "epochs": 3, "batch_size": 4, "seed": 3,
+           "precision": "fp32", "optimizer": "adamw", "schedule": "cosine", "warmup": 0.2,
+           "sampler": "balanced"}
 AUGMENT = {"mixup": 0.4, "cutmix": 1.0, "random_erasing": 0.3}
 
 
@@ -119,7 +120,8 @@ def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     run = tmp_path / "run"
     # its checkpoint kept: as a run killed while writing its files (before metrics.json) has it
-    first = train(data, run, image_size=8, epochs=1, batch_size=4, keep_checkpoint=True)
+    first = train(data, run, image_size=8, epochs=1, batch_size=4, keep_checkpoint=True,
+                  recipe="seed")
     with pytest.raises(ValueError, match="leave out out, epochs"):
         train(out=tmp_path / "x", resume=run, epochs=2)
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.1"])
@@ -150,7 +152,8 @@ def test_ctrl_c_in_the_export_skips_it_and_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "export_onnx", interrupted)
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", str(data), "--out", str(run), "--epochs", "1",
-                                       "--image-size", "8", "--batch-size", "4"])
+                                       "--image-size", "8", "--batch-size", "4",
+                                       "--recipe", "seed"])
     assert result.exit_code == 130, result.output
     assert (f"write what it skipped with: imgclass export {run}; imgclass report {run}"
             in result.output)
@@ -171,7 +174,7 @@ def test_ctrl_c_while_the_run_files_are_written_waits_for_them(tmp_path, monkeyp
         plot_curves(*args, **kwargs)
 
     monkeypatch.setattr(training, "plot_curves", ctrl_c_then_plot)
-    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4)
+    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4, recipe="seed")
     assert result.unwritten == ("model.onnx", "report.html")
     for name in RUN_FILES:
         assert (result.run_dir / name).is_file(), name
@@ -190,7 +193,7 @@ def test_a_ctrl_c_swallowed_inside_the_export_still_skips_the_report(tmp_path, m
         return export_onnx(run, *args, **kwargs)
 
     monkeypatch.setattr(export, "export_onnx", swallowing)
-    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4)
+    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4, recipe="seed")
     assert result.unwritten == ("report.html",)
     assert (result.run_dir / "model.onnx").is_file()
     assert not (result.run_dir / "report.html").exists()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from imgclass.cli import main
 from tests.conftest import make_class_tree
 
-TRAIN = ["--epochs", "1", "--image-size", "8", "--no-export"]
+TRAIN = ["--recipe", "seed", "--epochs", "1", "--image-size", "8", "--no-export"]
 
 
 def _train(data, out, *extra):

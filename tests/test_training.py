@@ -58,7 +58,8 @@ def test_undecodable_file_is_skipped_named_and_counted(tmp_path, caplog):
     (data / "red" / "truncated.jpg").write_bytes((data / "red" / "red_000.jpg").read_bytes()[:200])
     (data / "blue" / "page.jpg").write_text("<html></html>")
     with caplog.at_level(logging.WARNING, logger="imgclass"):
-        result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4)
+        result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4,
+                       recipe="seed")
     assert result.metrics["skipped_files"] == 2
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {s["path"] for s in skipped} == {"red/truncated.jpg", "blue/page.jpg"}
@@ -92,7 +93,8 @@ def test_same_seed_same_split_and_metrics(tmp_path, monkeypatch):
         module, name = plot.split(".")
         monkeypatch.setattr(f"imgclass.{module}.{name}", lambda *args: None)
     data = make_class_tree(tmp_path / "data", per_class=6)
-    args = dict(image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32", export=False)
+    args = dict(image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32", export=False,
+                recipe="seed")
     train(data, tmp_path / "a", **args)
     train(data, tmp_path / "b", **args)
     assert_same_results(tmp_path / "a", tmp_path / "b")
@@ -119,7 +121,7 @@ def test_max_pixels_skips_a_huge_image_with_its_reason(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     Image.new("RGB", (400, 300), (200, 40, 30)).save(data / "red" / "huge.png")
     result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4,
-                   max_pixels=100_000)
+                   max_pixels=100_000, recipe="seed")
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {"path": "red/huge.png", "reason": "too many pixels (400 x 300 > 100000)"} in skipped
     assert result.metrics["skipped_files"] == 1
@@ -130,8 +132,8 @@ def test_every_regularisation_option_together_trains_and_learns(tmp_path):
     warm-up: a run completes, reports macro-F1 and still learns three colours. (TrivialAugment
     is left out here: its saturation, solarize and posterize ops erase the only cue, colour.)"""
     data = make_class_tree(tmp_path / "data", per_class=10)
-    result = train(data, tmp_path / "run", image_size=16, epochs=6, batch_size=8, seed=2,
-                   optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup=0.2,
+    result = train(data, tmp_path / "run", recipe="seed", image_size=16, epochs=6, batch_size=8,
+                   seed=2, optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup=0.2,
                    lr=2e-3, label_smoothing=0.1, class_weights="auto", sampler="balanced",
                    patience=0, augment={"random_erasing": 0.25, "mixup": 0.4, "cutmix": 1.0})
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -143,7 +145,7 @@ def test_every_regularisation_option_together_trains_and_learns(tmp_path):
     # training accuracy (against the dominant label of each mixed target)
     assert result.metrics["best_val_acc"] >= 0.99 and result.metrics["best_val_macro_f1"] >= 0.99
     assert float(rows[-1]["train_acc"]) >= 0.75
-    ta = train(data, tmp_path / "ta", image_size=16, epochs=1, batch_size=8,
+    ta = train(data, tmp_path / "ta", recipe="seed", image_size=16, epochs=1, batch_size=8,
                augment={"trivial_augment": True})
     assert len(ta.history) == 1 and 0 < ta.history[0].train_loss < 10
 

@@ -12,8 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from click.testing import CliRunner
 
 from imgclass.checkpoint import load_model
+from imgclass.cli import main
 from imgclass.config import TrainConfig, build_config
 from imgclass.data.features import ONNX_FILE
 from imgclass.evaluation import evaluate
@@ -187,5 +189,23 @@ def test_transfer_options_are_checked():
         TopStages(Backbone("tf_efficientnet_lite0", 3), 8)
     with pytest.raises(ValueError, match="backbone_lr_scale must be > 0"):
         build_config("transfer", backbone_lr_scale=0.0)
-    with pytest.raises(ValueError, match="need a pretrained backbone"):
+    with pytest.raises(ValueError, match="the transfer recipe starts from pretrained weights, "
+                                         "which seed_cnn has none of: .* --recipe fast"):
         build_config("transfer", model="seed_cnn")
+    with pytest.raises(ValueError, match="need a pretrained backbone"):  # the user's own flag
+        build_config("fast", model="seed_cnn", pretrained="imagenet")
+
+
+def test_transfer_is_the_default_recipe_and_seed_one_flag_away(data, tmp_path):
+    """Issue 12.4: `imgclass train DATA` trains the transfer recipe; --recipe seed is the
+    reference system as it was the default."""
+    assert build_config() == build_config("transfer")
+    assert build_config("seed") == TrainConfig()
+    with pytest.raises(ValueError, match=r"transfer recipe \(the default\) .* fast_resnet"):
+        build_config(model="fast_resnet")
+    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
+                                       "--image-size", "32", "--epochs", "2", "--no-export",
+                                       "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"] == "transfer" and config["cached_features"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from imgclass.config import OPTIMIZERS, SCHEDULES
+from imgclass.config import DEFAULT_RECIPE, OPTIMIZERS, RECIPES, SCHEDULES
 
 log = logging.getLogger("imgclass")
 
@@ -97,8 +97,8 @@ def prepare(sources: tuple[Path, ...], out: Path, classes: tuple[str, ...],
                           ("source", "file", "reason")))
 
 
-_RECIPE = click.option("--recipe", help="A named recipe (seed, fast, transfer) or a .json "
-                       "recipe file  [default: seed].")
+_RECIPE = click.option("--recipe", help=f"A named recipe ({', '.join(RECIPES)}) or a .json "
+                       f"recipe file  [default: {DEFAULT_RECIPE}].")
 _MODEL = click.option("--model", help="seed_cnn, fast_resnet, or any timm backbone, e.g. "
                       "tf_efficientnet_lite0, resnet18, mobilenet_v3_small, efficientnet_b0 "
                       "[default: the recipe's].")
@@ -378,7 +378,7 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: i
 @main.command(short_help="Check a data folder without training.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--image-size", type=int,
-              help="Side the images are decoded to (default: the seed recipe's), so a later "
+              help="Side the images are decoded to (default: the default recipe's), so a later "
                    "train at that size finds them in the cache.")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or ~/.cache/imgclass).")
@@ -393,7 +393,7 @@ def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_co
     from imgclass.config import load_recipe
     from imgclass.data.dataset import load_dataset
 
-    size = image_size or load_recipe("seed").image_size
+    size = image_size or load_recipe(DEFAULT_RECIPE).image_size
     report = load_dataset(data_dir, size, cache_dir, keep_conflicts=keep_conflicts).report
     if out:
         atomic.write_json(out, report.to_dict())

@@ -231,15 +231,24 @@ RECIPES: dict[str, TrainConfig] = {
 }
 
 
-def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
-    """The recipe (default seed) with overrides, checked; a backbone given as an override
-    without an image size takes the backbone's own input size."""
-    from imgclass.models import check_model_options, default_image_size
+# What `imgclass train DATA` trains with no --recipe: the best result in about a minute on photos
+# (docs/recipes.md: which recipe for which data and budget, with the evidence).
+DEFAULT_RECIPE = "transfer"
 
-    config = load_recipe(recipe or "seed").replace(**overrides)
+
+def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
+    """The recipe (default DEFAULT_RECIPE) with overrides, checked; a backbone given as an
+    override without an image size takes the backbone's own input size."""
+    from imgclass.models import MODELS, check_model_options, default_image_size
+
+    config = load_recipe(recipe or DEFAULT_RECIPE).replace(**overrides)
     if overrides.get("model") is not None and overrides.get("image_size") is None:
         config = config.replace(image_size=default_image_size(config.model))
     config.validate()
+    if config.model in MODELS and config.pretrained and overrides.get("pretrained") is None:
+        raise ValueError(f"the {config.recipe} recipe{'' if recipe else ' (the default)'} starts "
+                         f"from pretrained weights, which {config.model} has none of: train it "
+                         "from scratch with --recipe fast or --recipe seed")
     check_model_options(config.model, config.pretrained, config.freeze_epochs)
     return config
 

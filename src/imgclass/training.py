@@ -480,7 +480,7 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
           keep_checkpoint: bool = False, **overrides) -> TrainResult:
     """Train a classifier on a class-folder tree (default: the built-in digits) into a run folder.
 
-    recipe: a named recipe or a .json recipe file (default: seed).
+    recipe: a named recipe or a .json recipe file (default: transfer).
     overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
     resume: a run folder to continue from its last completed epoch, with the recipe, overrides
         and data stored in it; any other argument but cache_dir, progress, export and
