@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -28,7 +29,12 @@ def _expected(model, paths, top_k=2, precision="auto"):
 
 
 def _answers(body):
-    return [(p["labels"], p["probabilities"]) for p in body["predictions"]]
+    """/predict's entries as (labels, probabilities); each names its class's index too."""
+    classes = ["blue", "green", "red"]  # trained_run's, in the model's order
+    assert all(t["index"] == classes.index(t["label"]) for p in body["predictions"]
+               for t in p["top"])
+    return [([t["label"] for t in p["top"]], [t["probability"] for t in p["top"]])
+            for p in body["predictions"]]
 
 
 def _same(answers, expected):
@@ -184,3 +190,70 @@ def test_a_client_gone_mid_upload_is_a_log_line_and_a_cut_multipart_body_is_400(
     text = log.read_text()
     assert "Traceback" not in text, text
     assert text.count("a client disconnected after ") == 2, text
+
+
+def _infer(url: str, name: str, call: dict) -> tuple[int, dict]:
+    return request(f"{url}/v2/models/{name}/infer", json.dumps(call).encode(),
+                   {"Content-Type": "application/json"})
+
+
+def test_the_open_inference_protocol(served_run, trained_run, photos):
+    """Issue 14.4: KServe v2 as a client library speaks it (plain HTTP + JSON): health,
+    metadata, a UINT8 pixel tensor and BYTES of encoded images, and its {"error"} answers."""
+    name = trained_run.name
+    assert request(f"{served_run}/v2/health/live") == (200, {"live": True})
+    assert request(f"{served_run}/v2/health/ready") == (200, {"ready": True})
+    assert request(f"{served_run}/v2/models/{name}/ready") == (200, {"name": name, "ready": True})
+    assert request(f"{served_run}/v2")[1]["name"] == "imgclass"
+    status, meta = request(f"{served_run}/v2/models/{name}")
+    predictor = Predictor(trained_run)
+    size = predictor.meta.image_size
+    assert status == 200 and meta["name"] == name
+    assert meta["inputs"][0] == {"name": "image", "datatype": "UINT8",
+                                 "shape": [-1, size, size, 3]}
+    assert {o["name"]: o["shape"] for o in meta["outputs"]} == {
+        "probabilities": [-1, 3], "label": [-1], "index": [-1]}
+    assert meta["parameters"]["classes"] == predictor.classes
+
+    paths = sorted(photos.rglob("*.jpg"))[:3]
+    pixels = np.stack([predictor.load_pixels(p) for p in paths])  # what the model takes
+    want = predictor.predict_pixels(pixels)
+    status, answer = _infer(served_run, name, {"id": "a-1", "inputs": [
+        {"name": "image", "shape": list(pixels.shape), "datatype": "UINT8",
+         "data": pixels.ravel().tolist()}]})
+    assert status == 200 and answer["id"] == "a-1" and answer["model_name"] == name
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["probabilities"]["shape"] == [3, 3]
+    assert np.allclose(np.reshape(outputs["probabilities"]["data"], (3, 3)), want, atol=1e-6)
+    assert outputs["index"]["data"] == want.argmax(axis=1).tolist()
+    assert outputs["label"]["data"] == [predictor.classes[i] for i in want.argmax(axis=1)]
+
+    encoded = [base64.b64encode(p.read_bytes()).decode("ascii") for p in paths]
+    status, answer = _infer(served_run, name, {
+        "inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": encoded}],
+        "outputs": [{"name": "label"}]})
+    assert status == 200 and "id" not in answer
+    assert answer["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [3],
+                                  "data": [p.label for p in predictor.predict(paths)]}]
+
+    bad = [  # (model, request, status, words of the error)
+        ("nope", {"inputs": []}, 404, "no model 'nope'"),
+        (name, {"inputs": "x"}, 400, "not an inference request"),
+        (name, {"inputs": [{"name": "image", "shape": [1, 8, 8, 3], "datatype": "UINT8",
+                            "data": [0] * 192}]}, 400, f"[N, {size}, {size}, 3]"),
+        (name, {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                            "data": [encoded[0]]}]}, 400, "shape [2] holds 2 values, data has 1"),
+        (name, {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                            "data": ["%%%"]}]}, 400, "not a base64 string"),
+        (name, {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                            "data": [base64.b64encode(b"text").decode()]}]}, 415,
+         "image_bytes[0]: not an image"),
+        (name, {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+         400, "datatype FP32 not served"),
+        (name, {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                            "data": [encoded[0]]}], "outputs": [{"name": "logits"}]}, 400,
+         "no output 'logits'"),
+    ]
+    for model, call, want_status, words in bad:
+        status, answer = _infer(served_run, model, call)
+        assert status == want_status and words in answer["error"], (call, answer)

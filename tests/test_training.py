@@ -1,14 +1,18 @@
 import csv
+import io
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import tqdm.auto
 from safetensors.torch import load_file
 from torch import nn
 
 from imgclass import runtime
+from imgclass import training as training_module
 from imgclass.data import split as split_module
 from imgclass.training import EarlyStopping, train
 from tests.conftest import make_class_tree
@@ -161,3 +165,20 @@ def test_auto_class_weights_balance_the_loss():
     counts = torch.bincount(labels).float()
     torch.testing.assert_close(weights * counts, torch.full((3,), 100 / 3))  # equal shares
     assert class_weights(labels, 3, TrainConfig(), Device.select("fp32")) is None
+
+
+def test_train_shows_progress_where_someone_watches_and_is_quiet_when_asked(tmp_path,
+                                                                           monkeypatch):
+    """Issue 14.3: imgclass.train draws tqdm.auto's bars (a widget in a notebook, a line in a
+    terminal, nothing in a log file) unless progress=False."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert training_module.tqdm is tqdm.auto.tqdm  # the notebook's widget inside Jupyter
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    options = {"recipe": "seed", "image_size": 8, "epochs": 1, "batch_size": 4, "export": False}
+    for name, quiet in (("watched", {}), ("quiet", {"progress": False})):
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        train(data, tmp_path / name, **options, **quiet)
+        assert ("epoch 1/1" in sys.stderr.getvalue()) == (not quiet), sys.stderr.getvalue()

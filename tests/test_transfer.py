@@ -23,6 +23,7 @@ from imgclass.lrfind import lr_find
 from imgclass.models.backbones import Backbone, TopStages, imagenet_file, load_pretrained
 from imgclass.predict import Predictor
 from imgclass.training import train
+from imgclass.tune import search_space
 from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions
 from tests.conftest import ctrl_c_after_epoch, make_class_tree
 from tests.service import request, running_service
@@ -81,7 +82,7 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
     assert (first.run_dir / "report.html").stat().st_size > 10_000
     with running_service(first.run_dir, tmp_path) as url:
         status, answer = request(f"{url}/predict", (data / validated.paths[0]).read_bytes())
-    assert status == 200 and answer["predictions"][0]["labels"][0] == again[0].labels[0]
+    assert status == 200 and answer["predictions"][0]["top"][0]["label"] == again[0].label
 
     caplog.clear()  # the same data again: nothing decoded, nothing extracted, the same run
     second = train(data, tmp_path / "second", cache_dir=cache, export=False, **OPTIONS)
@@ -194,6 +195,14 @@ def test_transfer_options_are_checked():
         build_config("transfer", model="seed_cnn")
     with pytest.raises(ValueError, match="need a pretrained backbone"):  # the user's own flag
         build_config("fast", model="seed_cnn", pretrained="imagenet")
+    for images_only in ({"mixup": 0.2}, {"cutmix": 1.0}, {"random_erasing": 0.25},
+                        {"trivial_augment": True}):  # never a silent no-op on features
+        with pytest.raises(ValueError, match="act on images, but the head trains on cached"):
+            build_config(augment=images_only)
+        with pytest.raises(ValueError, match="act on images"):
+            build_config(augment=images_only, finetune_epochs=2)  # the last stages: activations
+        build_config(augment=images_only, finetune_epochs=2, finetune_stages=0)  # on images
+    assert not any(name.startswith("augment.") for name in search_space(build_config()))
 
 
 def test_transfer_is_the_default_recipe_and_seed_one_flag_away(data, tmp_path):

@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -113,13 +114,25 @@ _SEED = click.option("--seed", type=int, help="Seed of every random stream (spli
 _CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path),
                           help="Decoded-image cache (default $IMGCLASS_CACHE_DIR or "
                                "~/.cache/imgclass).")
-_DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=False,
-                                                      path_type=Path))
+
+
+def _data(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """DATA_DIR: a folder of class folders, or a .csv file of path,label rows."""
+    if value is not None and not value.is_dir() and value.suffix.lower() != ".csv":
+        raise click.BadParameter(f"{value}: neither a folder nor a .csv file of path,label rows")
+    return value
+
+
+def _data_argument(required: bool = True) -> Callable:
+    return click.argument("data_dir", required=required, callback=_data,
+                          type=click.Path(exists=True, path_type=Path))
+
+
+_DATA_DIR = _data_argument()
 
 
 @main.command(short_help="Train a classifier on class folders.")
-@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False,
-                                                            path_type=Path))
+@_data_argument(required=False)
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run directory (default runs/<data>-<recipe>-<time>).")
 @_RECIPE
@@ -200,7 +213,8 @@ _DATA_DIR = click.argument("data_dir", type=click.Path(exists=True, file_okay=Fa
 def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir: Path | None,
           overwrite: bool, resume: Path | None, export: bool, keep_checkpoint: bool,
           **overrides) -> None:
-    """Train a classifier on DATA_DIR/<class>/<images> (default: built-in digits).
+    """Train a classifier on DATA_DIR/<class>/<images> or a CSV of path,label rows (default:
+    built-in digits).
 
     Ctrl-C ends the run at its last completed epoch (exit code 130); --resume continues it.
     Once training is over, Ctrl-C waits for the run's files (seconds) and skips the ONNX export
@@ -244,14 +258,13 @@ def train(data_dir: Path | None, out: Path | None, recipe: str | None, cache_dir
 
 @main.command(short_help="Metrics of a run, on its split or other data.")
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("data_dir", required=False,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_data_argument(required=False)
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write the results.")
 @_CACHE_DIR
 @_TTA
 def evaluate(run: Path, data_dir: Path | None, out: Path | None, cache_dir: Path | None,
              tta: bool | None) -> None:
-    """Metrics of RUN on its validation split, or on DATA_DIR/<class>/<images>."""
+    """Metrics of RUN on its validation split, or on DATA_DIR/<class>/<images> or a CSV."""
     from imgclass.evaluation import evaluate as run_evaluate
 
     m = run_evaluate(run, data_dir, out=out, cache_dir=cache_dir, tta=tta)
@@ -376,7 +389,7 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: i
 
 
 @main.command(short_help="Check a data folder without training.")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_DATA_DIR
 @click.option("--image-size", type=int,
               help="Side the images are decoded to (default: the default recipe's), so a later "
                    "train at that size finds them in the cache.")
@@ -388,7 +401,8 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_pixels: i
               help="Also write the report as JSON (the run's scan.json) to this file.")
 def scan(data_dir: Path, image_size: int | None, cache_dir: Path | None, keep_conflicts: bool,
          out: Path | None) -> None:
-    """Check DATA_DIR/<class>/<images> without training: images, skips, duplicates, conflicts."""
+    """Check DATA_DIR/<class>/<images> or a CSV of path,label rows without training: images,
+    skips, duplicates, conflicts."""
     from imgclass import atomic
     from imgclass.config import load_recipe
     from imgclass.data.dataset import load_dataset

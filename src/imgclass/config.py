@@ -133,6 +133,10 @@ class TrainConfig:
                                                    "augment."))
         return cls(**data)
 
+    def _mixes_images(self) -> bool:
+        a = self.augment
+        return bool(a.mixup or a.cutmix or a.random_erasing or a.trivial_augment)
+
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range value."""
         checks = [
@@ -177,6 +181,11 @@ class TrainConfig:
             (not (self.cached_features and (self.freeze_epochs or self.tta_flip)),
              "cached_features train the head alone on fixed features: no freeze_epochs, no "
              "tta_flip"),
+            (not (self.cached_features and self._mixes_images()
+                  and not (self.finetune_epochs and self.finetune_stages == 0)),
+             "mixup, cutmix, random_erasing and trivial_augment act on images, but the head "
+             "trains on cached features (and --finetune-stages N on cached activations): use "
+             "them with --finetune-epochs N --finetune-stages 0, or --recipe fast or seed"),
         ]
         for ok, message in checks:
             if not ok:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from imgclass import atomic, runtime
 from imgclass.checkpoint import load_model, read_meta

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from imgclass import atomic, distributed, rundir, runtime
 from imgclass.checkpoint import (
@@ -475,12 +475,15 @@ def _ctrl_c(defer: bool) -> Iterator[None]:
 
 def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
           recipe: str | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = False, overwrite: bool = False,
+          progress: bool = True, overwrite: bool = False,
           resume: str | os.PathLike | None = None, export: bool = True,
           keep_checkpoint: bool = False, **overrides) -> TrainResult:
-    """Train a classifier on a class-folder tree (default: the built-in digits) into a run folder.
+    """Train a classifier on a class-folder tree or a CSV of path,label rows (default: the
+    built-in digits) into a run folder.
 
     recipe: a named recipe or a .json recipe file (default: transfer).
+    progress: tqdm's bars (features, each epoch) where someone watches: a notebook's widget or
+        a terminal's line, none in a log file; False: none.
     overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
     resume: a run folder to continue from its last completed epoch, with the recipe, overrides
         and data stored in it; any other argument but cache_dir, progress, export and

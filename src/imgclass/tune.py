@@ -46,11 +46,15 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def search_space(base: TrainConfig) -> dict[str, BaseDistribution]:
-    """TrainConfig field ("augment.<field>" for AugmentConfig) -> its range. One line a field."""
-    return {
+    """TrainConfig field ("augment.<field>" for AugmentConfig) -> its range. One line a field;
+    no augmentation for a head trained on cached features (it sees no images)."""
+    space = {
         "lr": FloatDistribution(base.lr / 10, base.lr * 10, log=True),  # around the recipe's
         "batch_size": CategoricalDistribution([16, 32, 64, 128]),  # images per step
         "dropout": FloatDistribution(0.0, 0.5),  # before the classifier
+    }
+    return space if base.cached_features else {
+        **space,
         "augment.rotation": FloatDistribution(0.0, 0.15),  # fraction of a full turn
         "augment.zoom": FloatDistribution(0.0, 0.3),  # fraction of the side
         "augment.translate": FloatDistribution(0.0, 0.2),  # fraction of the side

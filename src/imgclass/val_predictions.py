@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclass import atomic
+from imgclass.data.labels_file import data_root
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray,
 
 def data_folder(config: dict) -> tuple[Path, str | None]:
     """The run's data folder and, when it is gone, why no image of it can be shown."""
-    root = Path(config["data_dir"])
+    root = data_root(config["data_dir"])
     return root, None if root.is_dir() else f"data folder {root} not found"
 
 

@@ -1,4 +1,5 @@
-"""A class-folder tree -> decoded images and labels: scan, then the decode cache, skips reported."""
+"""A class-folder tree or a CSV of path,label rows -> decoded images and labels: scan, then the
+decode cache, skips reported."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from imgclass.data.cache import DecodedImages, load_images
 from imgclass.data.images import DEFAULT_MAX_PIXELS
+from imgclass.data.labels_file import is_labels_file, scan_labels_file
 from imgclass.data.scan import Manifest, ScanReport, Skipped, scan_folder
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,14 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int,
                  cache_dir: str | os.PathLike | None = None,
                  keep_conflicts: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                  load: Loader = load_images) -> Dataset:
-    """keep_conflicts: keep contents found under two classes (default: skip every copy).
+    """data_dir: a class-folder tree (maybe split already), or a .csv file of path,label rows.
+
+    keep_conflicts: keep contents found under two classes (default: skip every copy).
 
     max_pixels: images with more pixels (width x height) are skipped, never decoded.
     load: what the rows are (default: the decoded pixels).
     """
-    manifest = scan_folder(data_dir)
+    manifest = scan_labels_file(data_dir) if is_labels_file(data_dir) else scan_folder(data_dir)
     return decode_manifest(manifest, image_size, cache_dir, keep_conflicts, max_pixels, load)
 
 

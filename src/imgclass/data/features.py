@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from imgclass.data.batches import to_float
 from imgclass.data.cache import DecodedImages, Shards, default_cache_dir, load_images

@@ -1,4 +1,8 @@
-"""The FastAPI application: POST /predict, GET /health, GET /model, GET / (the web page).
+"""The FastAPI application: POST /predict, GET /health, GET /model, GET / (the web page), and
+the Open Inference Protocol (KServe v2, also spoken by Triton, MLServer and TorchServe):
+GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/ready], POST
+/v2/models/{name}/infer with a UINT8 [N, H, W, 3] pixel tensor or BYTES of encoded images (base64
+strings in JSON); its errors are {"error": "..."} as the protocol says.
 
 Bad requests get a 4xx answer naming the upload and the reason, in the decoder's vocabulary
 (data/images.py): empty -> 400, not an image -> 415, truncated or undecodable -> 422, too many
@@ -10,16 +14,20 @@ waits on either.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
+from importlib.metadata import version
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -56,10 +64,40 @@ _REQUEST_BODY = {"required": True, "content": {
 }}
 
 
+class ClassScore(BaseModel):
+    label: str
+    index: int  # in the model's class order (GET /model's classes)
+    probability: float
+
+
 class ImagePrediction(BaseModel):
     name: str
-    labels: list[str]  # best first
-    probabilities: list[float]
+    top: list[ClassScore]  # best first
+
+
+class V2Tensor(BaseModel):
+    """A tensor of the Open Inference Protocol's JSON: data flat in row-major order (or nested)."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list
+    parameters: dict | None = None
+
+
+class V2Request(BaseModel):
+    id: str | None = None
+    inputs: list[V2Tensor]
+    outputs: list[dict] | None = None  # [{"name": ...}]: the outputs wanted (default: all)
+    parameters: dict | None = None
+
+
+class V2Error(Exception):
+    """A request the protocol answers with {"error": message} and this status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class Predictions(BaseModel):
@@ -148,7 +186,9 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
         except ImageDecodeError as err:
             raise HTTPException(_status(err), str(err)) from err
         labels, probabilities = predictor.top(await batcher(pixels), k)
-        return ImagePrediction(name=name, labels=labels, probabilities=probabilities)
+        return ImagePrediction(name=name, top=[
+            ClassScore(label=label, index=predictor.classes.index(label), probability=p)
+            for label, p in zip(labels, probabilities)])
 
     @app.post("/predict", response_model=Predictions, responses=_ERRORS,
               openapi_extra={"requestBody": _REQUEST_BODY})
@@ -183,6 +223,121 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
     async def model() -> dict:
         """Classes, input size, normalisation, architecture, metrics of the model served."""
         return predictor.describe()
+
+    name = predictor.describe()["source"]
+    size = predictor.meta.image_size
+    outputs = {"probabilities": "FP32", "label": "BYTES", "index": "INT64"}
+
+    @app.exception_handler(V2Error)
+    async def v2_error(request: Request, err: V2Error) -> JSONResponse:
+        return JSONResponse({"error": str(err)}, err.status)
+
+    def known(model_name: str) -> None:
+        if model_name != name:
+            raise V2Error(404, f"no model {model_name!r}: this server serves {name!r}")
+
+    @app.get("/v2")
+    async def v2_server() -> dict:
+        """Open Inference Protocol: the server's metadata."""
+        return {"name": "imgclass", "version": version("imgclass"), "extensions": []}
+
+    @app.get("/v2/health/live")
+    async def v2_live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready() -> dict:
+        return {"ready": True}  # the model is loaded before the server listens
+
+    @app.get("/v2/models/{model_name}/ready")
+    async def v2_model_ready(model_name: str) -> dict:
+        known(model_name)
+        return {"name": name, "ready": True}
+
+    @app.get("/v2/models/{model_name}")
+    async def v2_model(model_name: str) -> dict:
+        """Open Inference Protocol: the model's inputs and outputs (and its classes)."""
+        known(model_name)
+        return {"name": name, "versions": [], "platform": f"imgclass/{predictor.backend}",
+                "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]},
+                           {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32",
+                             "shape": [-1, len(predictor.classes)]},
+                            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                            {"name": "index", "datatype": "INT64", "shape": [-1]}],
+                "parameters": {"classes": predictor.classes}}
+
+    async def v2_images(tensor: V2Tensor) -> list[np.ndarray]:
+        """A request's input -> (H, W, 3) uint8 images of the model's size."""
+        flat = np.asarray(tensor.data, dtype=object).reshape(-1)
+        if int(np.prod(tensor.shape)) != flat.size:
+            raise V2Error(400, f"input {tensor.name!r}: shape {tensor.shape} holds "
+                               f"{int(np.prod(tensor.shape))} values, data has {flat.size}")
+        if tensor.datatype == "UINT8":
+            if tensor.shape[1:] != [size, size, 3]:
+                raise V2Error(400, f"input {tensor.name!r}: UINT8 pixels must have shape "
+                                   f"[N, {size}, {size}, 3] (RGB at the model's size), got "
+                                   f"{tensor.shape}")
+            try:
+                pixels = np.array(flat.tolist(), dtype=np.int64)
+            except (TypeError, ValueError) as err:
+                raise V2Error(400, f"input {tensor.name!r}: UINT8 data must be integers") from err
+            if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+                raise V2Error(400, f"input {tensor.name!r}: UINT8 data must lie in 0..255")
+            return list(pixels.astype(np.uint8).reshape(tensor.shape))
+        if tensor.datatype == "BYTES":
+            images = []
+            for i, item in enumerate(flat.tolist()):
+                where = f"{tensor.name}[{i}]"
+                try:
+                    data = base64.b64decode(item, validate=True)
+                except (TypeError, ValueError, binascii.Error) as err:
+                    raise V2Error(400, f"input {where}: not a base64 string of an encoded "
+                                       "image") from err
+                try:
+                    images.append(await anyio.to_thread.run_sync(
+                        predictor.load_pixels, data, where, limiter=decoders))
+                except ImageDecodeError as err:
+                    raise V2Error(_status(err), str(err)) from err
+            return images
+        raise V2Error(400, f"input {tensor.name!r}: datatype {tensor.datatype} not served: "
+                           f"send UINT8 [N, {size}, {size}, 3] pixels or BYTES of encoded images")
+
+    @app.post("/v2/models/{model_name}/infer")
+    async def v2_infer(model_name: str, request: Request) -> dict:
+        """Open Inference Protocol: one input (pixels or encoded images) -> the class
+        probabilities, the best label and its index, per image."""
+        known(model_name)
+        try:
+            call = V2Request.model_validate_json(b"".join(
+                [chunk async for chunk in body_chunks(request)]))
+        except ValidationError as err:
+            raise V2Error(400, f"not an inference request: {err.errors()[0]['msg']} at "
+                               f"{'.'.join(map(str, err.errors()[0]['loc']))}") from err
+        if len(call.inputs) != 1:
+            raise V2Error(400, f"one input expected (image or image_bytes), got "
+                               f"{len(call.inputs)}")
+        wanted = [o.get("name") for o in call.outputs] if call.outputs else list(outputs)
+        if unknown := [o for o in wanted if o not in outputs]:
+            raise V2Error(400, f"no output {unknown[0]!r}: choose {', '.join(outputs)}")
+        images = await v2_images(call.inputs[0])
+        rows: list[np.ndarray] = [np.empty(0)] * len(images)
+
+        async def one(index: int) -> None:
+            rows[index] = await batcher(images[index])
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(images)):
+                group.start_soon(one, index)
+        probabilities = np.array(rows, dtype=np.float32).reshape(len(images), -1)
+        best = probabilities.argmax(axis=1) if len(images) else np.zeros(0, dtype=np.int64)
+        data = {"probabilities": (list(probabilities.shape), probabilities.ravel().tolist()),
+                "label": ([len(images)], [predictor.classes[i] for i in best]),
+                "index": ([len(images)], best.tolist())}
+        answer = {"model_name": name, "outputs": [
+            {"name": o, "datatype": outputs[o], "shape": data[o][0], "data": data[o][1]}
+            for o in wanted]}
+        return {**answer, "id": call.id} if call.id is not None else answer
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
