@@ -88,15 +88,22 @@ def main() -> None:
     runs: dict[str, list[dict]] = {c: [] for c in CONFIGS}
     for rep in range(args.reps):
         for config in CONFIGS:
-            out = subprocess.run([sys.executable, __file__, "--worker", config,
-                                  "--steps", str(args.steps)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", config, "--steps", str(args.steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             runs[config].append(json.loads(out.strip().splitlines()[-1]))
             print(f"rep {rep + 1}/{args.reps} {config}: done", file=sys.stderr)
-    print(f"\nseed CNN, 64x64, batch 32, {args.steps} steps; median of {args.reps} interleaved "
-          "runs [min-max]; MiB above the RSS once model and optimiser exist")
-    print(f"{'allocator':<10}{'train img/s':>22}{'peak RSS (MiB)':>22}{'RSS at end (MiB)':>22}"
-          f"{'speed vs glibc':>16}")
+    print(
+        f"\nseed CNN, 64x64, batch 32, {args.steps} steps; median of {args.reps} interleaved "
+        "runs [min-max]; MiB above the RSS once model and optimiser exist"
+    )
+    print(
+        f"{'allocator':<10}{'train img/s':>22}{'peak RSS (MiB)':>22}{'RSS at end (MiB)':>22}"
+        f"{'speed vs glibc':>16}"
+    )
     speed = statistics.median(r["img_s"] for r in runs["glibc"])
     for config in CONFIGS:
         cells = []

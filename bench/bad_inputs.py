@@ -26,20 +26,29 @@ from tests.service import multipart, request, running_service  # noqa: E402
 TINY = ("--recipe", "seed", "--epochs", "1", "--image-size", "8")
 
 
-def imgclass(*args, cwd: Path | None = None, limit_bytes: int | None = None,
-             look_for: str = "") -> tuple[int, str]:
+def imgclass(
+    *args, cwd: Path | None = None, limit_bytes: int | None = None, look_for: str = ""
+) -> tuple[int, str]:
     """(exit code, what the user reads) of one `imgclass` process: its `Error:` line, else the
     first line holding `look_for`, else its last line on stderr (warnings), else on stdout."""
+
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    done = subprocess.run([sys.executable, "-m", "imgclass", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          preexec_fn=cap if limit_bytes else None)
+    done = subprocess.run(
+        [sys.executable, "-m", "imgclass", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=cap if limit_bytes else None,
+    )
     errors, output = done.stderr.strip().splitlines(), done.stdout.strip().splitlines()
-    last = next((line for line in errors if line.startswith("Error:")), None) or next(
-        (line for line in errors + output if look_for and look_for in line), None) or (
-        (errors or output or [""])[-1])
+    last = (
+        next((line for line in errors if line.startswith("Error:")), None)
+        or next((line for line in errors + output if look_for and look_for in line), None)
+        or ((errors or output or [""])[-1])
+    )
     if "Traceback" in done.stderr:
         last += "  [TRACEBACK]"
     return done.returncode, last
@@ -64,10 +73,17 @@ def cases(tmp: Path, run: Path, data: Path) -> list[tuple[str, Callable[[], tupl
         out = tmp / "locked"
         out.mkdir()
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-             "from imgclass.rundir import locked\nwith locked(Path(sys.argv[1])):\n"
-             "    print('held', flush=True); time.sleep(600)", str(out)],
-            stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from pathlib import Path; "
+                "from imgclass.rundir import locked\nwith locked(Path(sys.argv[1])):\n"
+                "    print('held', flush=True); time.sleep(600)",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             holder.stdout.readline()
             return imgclass("train", data, "--out", out, *TINY)
@@ -93,6 +109,7 @@ def cases(tmp: Path, run: Path, data: Path) -> list[tuple[str, Callable[[], tupl
             path = tmp / "recipe.json"
             path.write_text(content)
             return imgclass("train", data, "--out", tmp / "r", "--recipe", path)
+
         return case
 
     def empty_class() -> tuple[int, str]:
@@ -132,15 +149,17 @@ def cases(tmp: Path, run: Path, data: Path) -> list[tuple[str, Callable[[], tupl
         jpeg = (data / "red" / "red_000.jpg").read_bytes()
         with running_service(run, tmp) as url:
             body, headers = multipart([("file", "a.jpg", jpeg)])
-            cut = body[:body.rindex(b"--imgclass-test-boundary")]
+            cut = body[: body.rindex(b"--imgclass-test-boundary")]
             status, answer = request(f"{url}/predict", cut, headers)
         return status, answer["detail"]
 
-    recipe_cases = [("recipe: unknown key", '{"epoch": 3}'),
-                    ("recipe: wrong type", '{"epochs": "ten"}'),
-                    ("recipe: 1.5 epochs", '{"epochs": 1.5}'),
-                    ("recipe: a list", "[1, 2]"),
-                    ("recipe: invalid JSON", '{"epochs": 2,}')]
+    recipe_cases = [
+        ("recipe: unknown key", '{"epoch": 3}'),
+        ("recipe: wrong type", '{"epochs": "ten"}'),
+        ("recipe: 1.5 epochs", '{"epochs": 1.5}'),
+        ("recipe: a list", "[1, 2]"),
+        ("recipe: invalid JSON", '{"epochs": 2,}'),
+    ]
     return [
         ("1 model.onnx damaged, predict", damaged_onnx),
         ("2 --out inside the data", lambda: imgclass("train", data, "--out", data / "run", *TINY)),
@@ -148,12 +167,24 @@ def cases(tmp: Path, run: Path, data: Path) -> list[tuple[str, Callable[[], tupl
         ("4 user files in --out", user_files),
         ("6 data split already (train/ val/)", presplit),
         ("7 a FIFO in a folder given to predict", fifo),
-        ("8 a full disk while training (file-size limit)",
-         lambda: imgclass("train", data, "--out", tmp / "full", *TINY, "--cache-dir",
-                          tmp / "full-cache", limit_bytes=2000)),
+        (
+            "8 a full disk while training (file-size limit)",
+            lambda: imgclass(
+                "train",
+                data,
+                "--out",
+                tmp / "full",
+                *TINY,
+                "--cache-dir",
+                tmp / "full-cache",
+                limit_bytes=2000,
+            ),
+        ),
         *[(f"9 {name}", recipe(content)) for name, content in recipe_cases],
-        ("10 --image-size 30000", lambda: imgclass("train", data, "--out", tmp / "big",
-                                                   "--image-size", "30000")),
+        (
+            "10 --image-size 30000",
+            lambda: imgclass("train", data, "--out", tmp / "big", "--image-size", "30000"),
+        ),
         ("11 predict --batch-size 0", lambda: imgclass("predict", run, data, "--batch-size", "0")),
         ("11 a class folder without images", empty_class),
         ("11 a class with one image", one_image_class),

@@ -81,13 +81,17 @@ def main() -> None:
         for (name, workers), values in rows.items():
             decode = naive if name == "naive PIL" else imgclass_decoder
             values.append(images_per_second(decode, paths, workers))
-    print(f"decode + resize to {SIZE}x{SIZE}, {len(paths)} files of {args.data}; "
-          f"median of {args.reps} [min-max]")
+    print(
+        f"decode + resize to {SIZE}x{SIZE}, {len(paths)} files of {args.data}; "
+        f"median of {args.reps} [min-max]"
+    )
     print(f"{'decoder':<12}{'workers':>8}{'images/s':>12}{'range':>18}{'per core':>10}")
     for (name, workers), values in rows.items():
         median = statistics.median(values)
-        print(f"{name:<12}{workers:>8}{median:>12.0f}{f'[{min(values):.0f}-{max(values):.0f}]':>18}"
-              f"{median / workers:>10.0f}")
+        print(
+            f"{name:<12}{workers:>8}{median:>12.0f}{f'[{min(values):.0f}-{max(values):.0f}]':>18}"
+            f"{median / workers:>10.0f}"
+        )
     ratio = statistics.median(rows[("imgclass", 1)]) / statistics.median(rows[("naive PIL", 1)])
     print(f"imgclass / naive, one core: {ratio:.2f}x")
 
@@ -96,9 +100,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             cold.append(first_batch_seconds(args.data, Path(cache)))
             warm.append(first_batch_seconds(args.data, Path(cache)))
-    print(f"time to the first training batch: cold {statistics.median(cold):.2f} s "
-          f"[{min(cold):.2f}-{max(cold):.2f}], warm {statistics.median(warm):.2f} s "
-          f"[{min(warm):.2f}-{max(warm):.2f}] (cache hit, nothing decoded)")
+    print(
+        f"time to the first training batch: cold {statistics.median(cold):.2f} s "
+        f"[{min(cold):.2f}-{max(cold):.2f}], warm {statistics.median(warm):.2f} s "
+        f"[{min(warm):.2f}-{max(warm):.2f}] (cache hit, nothing decoded)"
+    )
 
 
 if __name__ == "__main__":

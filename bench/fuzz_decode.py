@@ -33,8 +33,17 @@ from imgclass.data import images
 from imgclass.data.images import ImageDecodeError, decode_image
 
 REASONS = {value: name for name, value in vars(images).items() if name.startswith("REASON_")}
-SIGNATURES = [b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\x89PNG\r\n\x1a\n", b"GIF89a",
-              b"GIF87a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x01\x00\x00WEBPVP8 "]
+SIGNATURES = [
+    b"\xff\xd8\xff\xe0",
+    b"\xff\xd8\xff\xe1",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"GIF87a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+]
 KINDS = ["random", "signature", "flip", "cut", "insert", "mixed"]
 WEIGHTS = [5, 10, 25, 20, 15, 25]  # per cent of the cases
 
@@ -67,15 +76,18 @@ def synthetic_files() -> list[tuple[str, bytes]]:
 def flower_files(root: Path, per_class: int) -> list[tuple[str, bytes]]:
     if not root.is_dir():
         return []
-    return [(f"flowers5/{p.parent.name}/{p.name}", p.read_bytes())
-            for folder in sorted(d for d in root.iterdir() if d.is_dir())
-            for p in sorted(folder.iterdir())[:per_class]]
+    return [
+        (f"flowers5/{p.parent.name}/{p.name}", p.read_bytes())
+        for folder in sorted(d for d in root.iterdir() if d.is_dir())
+        for p in sorted(folder.iterdir())[:per_class]
+    ]
 
 
 def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
     buffer = bytearray(data)
-    steps = [kind] if kind != "mixed" else rng.choices(["flip", "cut", "insert"],
-                                                        k=rng.randint(2, 6))
+    steps = (
+        [kind] if kind != "mixed" else rng.choices(["flip", "cut", "insert"], k=rng.randint(2, 6))
+    )
     for step in steps:
         if not buffer:
             break
@@ -84,7 +96,7 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
                 at = rng.randrange(min(len(buffer), rng.choice([64, 512, len(buffer)])))
                 buffer[at] ^= rng.randint(1, 255)
         elif step == "cut":
-            del buffer[rng.randrange(len(buffer)):]
+            del buffer[rng.randrange(len(buffer)) :]
         else:
             at = rng.randrange(len(buffer) + 1)
             buffer[at:at] = rng.randbytes(rng.choice([1, 2, 4, 16, 256]))
@@ -121,8 +133,10 @@ def outcome(data: bytes, size: int, max_pixels: int) -> tuple[str, str]:
 
 
 def main() -> int:
-    default_flowers = Path(os.environ.get("IMGCLASS_SHARED_DATASETS")
-                           or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+    default_flowers = Path(
+        os.environ.get("IMGCLASS_SHARED_DATASETS")
+        or Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    )
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -130,8 +144,9 @@ def main() -> int:
     parser.add_argument("--max-pixels", type=int, default=images.DEFAULT_MAX_PIXELS)
     parser.add_argument("--flowers", type=Path, default=default_flowers / "flowers5")
     parser.add_argument("--flowers-per-class", type=int, default=2)
-    parser.add_argument("--save-failures", type=Path,
-                        help="write each input that escaped to this folder")
+    parser.add_argument(
+        "--save-failures", type=Path, help="write each input that escaped to this folder"
+    )
     args = parser.parse_args()
 
     seeds = synthetic_files() + flower_files(args.flowers, args.flowers_per_class)
@@ -151,24 +166,36 @@ def main() -> int:
                 (args.save_failures / f"case{case:06d}-{kind}.bin").write_bytes(data)
     seconds = time.perf_counter() - start
 
-    rows = ["decoded", *REASONS.values(),
-            *sorted({r for r, _ in counts if r.startswith("escaped")})]
+    rows = [
+        "decoded",
+        *REASONS.values(),
+        *sorted({r for r, _ in counts if r.startswith("escaped")}),
+    ]
     headers = ["outcome", *KINDS, "total"]
-    table = [[row, *(counts[row, k] for k in KINDS), sum(counts[row, k] for k in KINDS)]
-             for row in rows]
+    table = [
+        [row, *(counts[row, k] for k in KINDS), sum(counts[row, k] for k in KINDS)] for row in rows
+    ]
     table.append(["total", *(sum(counts[r, k] for r in rows) for k in KINDS), args.cases])
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *table)]
-    print(f"{args.cases} cases, seed {args.seed}, {len(seeds)} seed files "
-          f"({len(seeds) - len(synthetic_files())} from {args.flowers}), "
-          f"{seconds:.1f} s ({args.cases / seconds:.0f} cases/s)")
+    print(
+        f"{args.cases} cases, seed {args.seed}, {len(seeds)} seed files "
+        f"({len(seeds) - len(synthetic_files())} from {args.flowers}), "
+        f"{seconds:.1f} s ({args.cases / seconds:.0f} cases/s)"
+    )
     for line in [headers, *table]:
-        print("  ".join(str(x).rjust(w) if i else str(x).ljust(w)
-                        for i, (x, w) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                str(x).rjust(w) if i else str(x).ljust(w)
+                for i, (x, w) in enumerate(zip(line, widths))
+            )
+        )
     for case, kind, base, message in failures[:20]:
         print(f"case {case} ({kind} of {base}): {message}", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} cases escaped: decode_image must raise only ImageDecodeError",
-              file=sys.stderr)
+        print(
+            f"{len(failures)} cases escaped: decode_image must raise only ImageDecodeError",
+            file=sys.stderr,
+        )
     return 1 if failures else 0
 
 

@@ -57,18 +57,28 @@ def throughput(recipe: str, size: int, batch: int, steps: int, device: Device) -
     """Training images/s of a recipe's model on one batch already on the device; peak memory."""
     config = RECIPES[recipe]
     torch.manual_seed(0)
-    model = build_model(config.model, 10, size).to(device.torch_device,
-                                                   memory_format=torch.channels_last)
+    model = build_model(config.model, 10, size).to(
+        device.torch_device, memory_format=torch.channels_last
+    )
     optimizer = build_optimizer(model, config)
     x = torch.rand(batch, 3, size, size, device=device.torch_device).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     y = torch.randint(0, 10, (batch,), device=device.torch_device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     scaler = device.grad_scaler()
 
     def run(n: int) -> None:
-        train_one_epoch(model, iter(itertools.repeat((x, y), n)), optimizer, None, loss_fn,
-                        device, tqdm(disable=True), scaler)
+        train_one_epoch(
+            model,
+            iter(itertools.repeat((x, y), n)),
+            optimizer,
+            None,
+            loss_fn,
+            device,
+            tqdm(disable=True),
+            scaler,
+        )
 
     run(min(3, steps))  # warm-up: kernels chosen, memory pools filled
     synchronize(device)
@@ -78,28 +88,47 @@ def throughput(recipe: str, size: int, batch: int, steps: int, device: Device) -
     run(steps)
     synchronize(device)
     seconds = time.perf_counter() - start
-    memory = (torch.cuda.max_memory_allocated(device.torch_device) / 2**30
-              if device.torch_device.type == "cuda" else None)
-    return {"recipe": recipe, "model": config.model, "size": size, "batch": batch,
-            "images_per_s": steps * batch / seconds, "peak_gib": memory}
+    memory = (
+        torch.cuda.max_memory_allocated(device.torch_device) / 2**30
+        if device.torch_device.type == "cuda"
+        else None
+    )
+    return {
+        "recipe": recipe,
+        "model": config.model,
+        "size": size,
+        "batch": batch,
+        "images_per_s": steps * batch / seconds,
+        "peak_gib": memory,
+    }
 
 
 def time_to_seed_accuracy(data: Path, out: Path, device: str, overrides: dict) -> dict:
     """Seed recipe, then fast recipe, same split: when fast reaches the seed's final accuracy."""
     runs = {}
     for recipe in ("seed", "fast"):
-        train(data, out / f"flowers-{recipe}", recipe=recipe, device=device, overwrite=True,
-              **overrides)
+        train(
+            data,
+            out / f"flowers-{recipe}",
+            recipe=recipe,
+            device=device,
+            overwrite=True,
+            **overrides,
+        )
         runs[recipe] = read_run(out / f"flowers-{recipe}")
     target = runs["seed"][1]["val_accuracy"]
-    return {"target": target, "seed_seconds": runs["seed"][1]["train_seconds"],
-            "fast_reach_seconds": reach_time(runs["fast"][0], target),
-            "fast_val_accuracy": runs["fast"][1]["val_accuracy"],
-            "fast_seconds": runs["fast"][1]["train_seconds"]}
+    return {
+        "target": target,
+        "seed_seconds": runs["seed"][1]["train_seconds"],
+        "fast_reach_seconds": reach_time(runs["fast"][0], target),
+        "fast_val_accuracy": runs["fast"][1]["val_accuracy"],
+        "fast_seconds": runs["fast"][1]["train_seconds"],
+    }
 
 
-def cifar_time_to_94(train_zip: Path, test_zip: Path, out: Path, device: str,
-                     overrides: dict) -> dict:
+def cifar_time_to_94(
+    train_zip: Path, test_zip: Path, out: Path, device: str, overrides: dict
+) -> dict:
     folders = {}
     for name, archive in (("train", train_zip), ("test", test_zip)):
         folders[name] = out / f"cifar-{name}"
@@ -108,13 +137,24 @@ def cifar_time_to_94(train_zip: Path, test_zip: Path, out: Path, device: str,
             prepare([archive], folders[name])
             done.touch()
     run = out / "cifar-fast"
-    result = train(folders["train"], run, recipe="fast", device=device, val_split=0.1,
-                   overwrite=True, **{"image_size": 32, **overrides})
+    result = train(
+        folders["train"],
+        run,
+        recipe="fast",
+        device=device,
+        val_split=0.1,
+        overwrite=True,
+        **{"image_size": 32, **overrides},
+    )
     history, metrics = read_run(run)
     test = evaluate(run, folders["test"])
-    return {"reach_seconds": reach_time(history, CIFAR_TARGET),
-            "val_accuracy": metrics["val_accuracy"], "test_accuracy": test.accuracy,
-            "train_seconds": metrics["train_seconds"], "epochs": len(result.history)}
+    return {
+        "reach_seconds": reach_time(history, CIFAR_TARGET),
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": test.accuracy,
+        "train_seconds": metrics["train_seconds"],
+        "epochs": len(result.history),
+    }
 
 
 def smoke_data(folder: Path) -> tuple[Path, Path, Path]:
@@ -124,8 +164,10 @@ def smoke_data(folder: Path) -> tuple[Path, Path, Path]:
 
     digits = load_digits()
     tree, zips = folder / "digits12", {"train": folder / "train.zip", "test": folder / "test.zip"}
-    with zipfile.ZipFile(zips["train"], "w") as train_zip, \
-            zipfile.ZipFile(zips["test"], "w") as test_zip:
+    with (
+        zipfile.ZipFile(zips["train"], "w") as train_zip,
+        zipfile.ZipFile(zips["test"], "w") as test_zip,
+    ):
         for label in range(10):
             (tree / str(label)).mkdir(parents=True, exist_ok=True)
             for i, index in enumerate(np.flatnonzero(digits.target == label)[:12]):
@@ -140,8 +182,9 @@ def main() -> None:
     default = Path(__file__).resolve().parents[2] / "shared" / "datasets"
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
-    parser.add_argument("--datasets", type=Path, default=default,
-                        help="the folder holding flowers5/ and cifar10/")
+    parser.add_argument(
+        "--datasets", type=Path, default=default, help="the folder holding flowers5/ and cifar10/"
+    )
     parser.add_argument("--out", type=Path, help="keep runs and prepared CIFAR-10 here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, seconds")
     args = parser.parse_args()
@@ -157,40 +200,54 @@ def main() -> None:
     else:
         device_name, size, batches, steps = args.device, 64, (256, 512), 30
         flowers = args.datasets / "flowers5"
-        train_zip, test_zip = (args.datasets / "cifar10" / f"cifar10-{name}.zip"
-                               for name in ("train", "test"))
+        train_zip, test_zip = (
+            args.datasets / "cifar10" / f"cifar10-{name}.zip" for name in ("train", "test")
+        )
         overrides = {}
         for path in (flowers, train_zip, test_zip):
             if not path.exists():
                 sys.exit(f"{path}: not found (give --datasets)")
     device = Device.select("auto", device_name)
-    name = (torch.cuda.get_device_name(device.torch_device)
-            if device.torch_device.type == "cuda" else "CPU")
+    name = (
+        torch.cuda.get_device_name(device.torch_device)
+        if device.torch_device.type == "cuda"
+        else "CPU"
+    )
     print(f"device {device.torch_device} ({name}), {device.precision}, torch {torch.__version__}")
-    results: dict = {"device": str(device.torch_device), "precision": device.precision,
-                     "smoke": args.smoke, "throughput": []}
+    results: dict = {
+        "device": str(device.torch_device),
+        "precision": device.precision,
+        "smoke": args.smoke,
+        "throughput": [],
+    }
     started = time.perf_counter()
     print(f"{'recipe':<8}{'model':<14}{'size':>6}{'batch':>7}{'train img/s':>14}{'peak GiB':>10}")
     for recipe, batch in itertools.product(("seed", "fast"), batches):
         row = throughput(recipe, size, batch, steps, device)
         results["throughput"].append(row)
         peak = "n/a" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
-        print(f"{recipe:<8}{row['model']:<14}{size:>6}{batch:>7}{row['images_per_s']:>14.0f}"
-              f"{peak:>10}")
+        print(
+            f"{recipe:<8}{row['model']:<14}{size:>6}{batch:>7}{row['images_per_s']:>14.0f}"
+            f"{peak:>10}"
+        )
     flowers_result = time_to_seed_accuracy(flowers, out, device_name, overrides)
     results["flowers5"] = flowers_result
     reach = flowers_result["fast_reach_seconds"]
-    print(f"{flowers.name}: seed recipe {flowers_result['target']:.3f} val acc in "
-          f"{flowers_result['seed_seconds']:.1f} s; fast reaches it in "
-          f"{'never' if reach is None else f'{reach:.1f} s'}, ends at "
-          f"{flowers_result['fast_val_accuracy']:.3f} after {flowers_result['fast_seconds']:.1f} s")
+    print(
+        f"{flowers.name}: seed recipe {flowers_result['target']:.3f} val acc in "
+        f"{flowers_result['seed_seconds']:.1f} s; fast reaches it in "
+        f"{'never' if reach is None else f'{reach:.1f} s'}, ends at "
+        f"{flowers_result['fast_val_accuracy']:.3f} after {flowers_result['fast_seconds']:.1f} s"
+    )
     cifar = cifar_time_to_94(train_zip, test_zip, out, device_name, overrides)
     results["cifar10"] = cifar
     reach = cifar["reach_seconds"]
-    print(f"CIFAR-10 fast recipe 32x32: {CIFAR_TARGET:.0%} validation accuracy "
-          f"{'not reached' if reach is None else f'after {reach:.1f} s'}; final val "
-          f"{cifar['val_accuracy']:.4f}, test {cifar['test_accuracy']:.4f}, "
-          f"{cifar['epochs']} epochs in {cifar['train_seconds']:.1f} s")
+    print(
+        f"CIFAR-10 fast recipe 32x32: {CIFAR_TARGET:.0%} validation accuracy "
+        f"{'not reached' if reach is None else f'after {reach:.1f} s'}; final val "
+        f"{cifar['val_accuracy']:.4f}, test {cifar['test_accuracy']:.4f}, "
+        f"{cifar['epochs']} epochs in {cifar['train_seconds']:.1f} s"
+    )
     results["total_seconds"] = time.perf_counter() - started
     (out / "gpu.json").write_text(json.dumps(results, indent=2))
     print(f"total {results['total_seconds']:.0f} s; results in {out / 'gpu.json'}")

@@ -21,8 +21,9 @@ from imgclass.models import build_model
 
 OPTIMIZERS = {
     "adam": lambda params, fused: torch.optim.Adam(params, lr=5e-4, fused=fused),
-    "sgd": lambda params, fused: torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True,
-                                                 weight_decay=5e-4, fused=fused),
+    "sgd": lambda params, fused: torch.optim.SGD(
+        params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, fused=fused
+    ),
 }
 
 
@@ -40,8 +41,10 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure()
     print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
-    print(f"seed CNN parameters, {torch.get_num_threads()} threads; ms per step, median of "
-          f"{args.reps} interleaved repetitions [min-max]")
+    print(
+        f"seed CNN parameters, {torch.get_num_threads()} threads; ms per step, median of "
+        f"{args.reps} interleaved repetitions [min-max]"
+    )
     print(f"{'optimiser':<10}{'fused':>22}{'foreach (default)':>22}{'speed-up':>10}")
     for name, make in OPTIMIZERS.items():
         times: dict[bool, list[float]] = {True: [], False: []}
@@ -55,8 +58,10 @@ def main() -> None:
         for _ in range(args.reps):
             for fused in (True, False):
                 times[fused].append(step_ms(optimizers[fused], args.steps))
-        cells = [f"{statistics.median(t):.1f} [{min(t):.1f}-{max(t):.1f}]"
-                 for t in (times[True], times[False])]
+        cells = [
+            f"{statistics.median(t):.1f} [{min(t):.1f}-{max(t):.1f}]"
+            for t in (times[True], times[False])
+        ]
         ratio = statistics.median(times[False]) / statistics.median(times[True])
         print(f"{name:<10}{cells[0]:>22}{cells[1]:>22}{ratio:>9.1f}x")
 

@@ -34,22 +34,29 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--limit", type=int, help="only N files, evenly spaced in sorted order")
-    parser.add_argument("--single", type=int, default=100,
-                        help="files predicted one call each, for the latency of one image")
+    parser.add_argument(
+        "--single",
+        type=int,
+        default=100,
+        help="files predicted one call each, for the latency of one image",
+    )
     args = parser.parse_args()
     print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     files = list(expand_paths([args.data]))
     if args.limit:
-        files = files[::max(1, len(files) // args.limit)][:args.limit]
-    print(f"{len(files)} files of {args.data}, {usable_cores()} cores; images/s, median of "
-          f"{args.reps} interleaved runs [min-max]")
+        files = files[:: max(1, len(files) // args.limit)][: args.limit]
+    print(
+        f"{len(files)} files of {args.data}, {usable_cores()} cores; images/s, median of "
+        f"{args.reps} interleaved runs [min-max]"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for run in args.runs:
             onnx_file = export_onnx(run, Path(tmp) / f"{run.name}.onnx")
-            predictors = {"pytorch": Predictor(run, backend="pytorch"),
-                          "onnxruntime": Predictor(onnx_file),
-                          "pytorch, 1 decoding thread": Predictor(run, workers=1,
-                                                                  backend="pytorch")}
+            predictors = {
+                "pytorch": Predictor(run, backend="pytorch"),
+                "onnxruntime": Predictor(onnx_file),
+                "pytorch, 1 decoding thread": Predictor(run, workers=1, backend="pytorch"),
+            }
             batch = np.stack([predictors["pytorch"].load_pixels(f) for f in files[:512]])
             for predictor in predictors.values():  # warm-up
                 predictor.predict_pixels(batch[:64])
@@ -65,26 +72,34 @@ def main() -> None:
                     start = time.perf_counter()
                     predictors[name].predict_pixels(batch)
                     timings.setdefault(f"model only (batches of 64), {name}", []).append(
-                        len(batch) / (time.perf_counter() - start))
+                        len(batch) / (time.perf_counter() - start)
+                    )
             latency = {name: [] for name in ("pytorch", "onnxruntime")}
-            for path in files[:args.single]:  # one image per call, as a service answers it
+            for path in files[: args.single]:  # one image per call, as a service answers it
                 for name, values in latency.items():
                     start = time.perf_counter()
                     predictors[name].predict([path])
                     values.append((time.perf_counter() - start) * 1000)
             meta = predictors["pytorch"].meta
-            print(f"\n{run} ({meta.architecture}, {meta.image_size}x{meta.image_size}, "
-                  f"tta_flip={meta.tta_flip})")
+            print(
+                f"\n{run} ({meta.architecture}, {meta.image_size}x{meta.image_size}, "
+                f"tta_flip={meta.tta_flip})"
+            )
             for name, values in timings.items():
-                print(f"  {name:<44} {statistics.median(values):8.0f} "
-                      f"[{min(values):.0f}-{max(values):.0f}]")
+                print(
+                    f"  {name:<44} {statistics.median(values):8.0f} "
+                    f"[{min(values):.0f}-{max(values):.0f}]"
+                )
             for name, values in latency.items():
                 cuts = statistics.quantiles(values, n=100)
-                print(f"  one image per call, {name}: p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} "
-                      f"ms ({len(values)} calls)")
+                print(
+                    f"  one image per call, {name}: p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} "
+                    f"ms ({len(values)} calls)"
+                )
             for kind in ("predict files", "model only (batches of 64)"):
-                ratio = (statistics.median(timings[f"{kind}, onnxruntime"])
-                         / statistics.median(timings[f"{kind}, pytorch"]))
+                ratio = statistics.median(timings[f"{kind}, onnxruntime"]) / statistics.median(
+                    timings[f"{kind}, pytorch"]
+                )
                 print(f"  {kind}: onnxruntime / pytorch {ratio:.2f}x")
 
 

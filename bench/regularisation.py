@@ -35,8 +35,9 @@ def describe(options: dict) -> str:
 
 def main() -> None:
     def variants(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                            default=["seed", "mix+ls"])
+        parser.add_argument(
+            "--variants", nargs="+", choices=list(VARIANTS), default=["seed", "mix+ls"]
+        )
 
     args, out = flowers_runs(__doc__, "regularisation-", variants)
     print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
@@ -45,18 +46,28 @@ def main() -> None:
             for variant in args.variants:
                 run = out / f"{variant}-{seed}"
                 if not (run / "metrics.json").is_file():
-                    train(args.data, run, recipe="seed", seed=seed, overwrite=True,
-                          **VARIANTS[variant])
+                    train(
+                        args.data,
+                        run,
+                        recipe="seed",
+                        seed=seed,
+                        overwrite=True,
+                        **VARIANTS[variant],
+                    )
     print(f"\nflowers5, seed recipe, seeds {args.seeds}; runs in {out}")
-    print(f"{'variant':<10}{'options':<44}{'val acc':>18}{'val macro-F1':>18}"
-          f"{'restored epoch':>18}{'train time (s)':>22}")
+    print(
+        f"{'variant':<10}{'options':<44}{'val acc':>18}{'val macro-F1':>18}"
+        f"{'restored epoch':>18}{'train time (s)':>22}"
+    )
     for variant in args.variants:
         metrics = [read_run(out / f"{variant}-{seed}")[1] for seed in args.seeds]
-        print(f"{variant:<10}{describe(VARIANTS[variant]):<44}"
-              f"{mean_std([m['val_accuracy'] for m in metrics]):>18}"
-              f"{mean_std([m['val_macro_f1'] for m in metrics]):>18}"
-              f"{mean_std([m['restored_epoch'] for m in metrics]):>18}"
-              f"{mean_std([m['train_seconds'] for m in metrics]):>22}")
+        print(
+            f"{variant:<10}{describe(VARIANTS[variant]):<44}"
+            f"{mean_std([m['val_accuracy'] for m in metrics]):>18}"
+            f"{mean_std([m['val_macro_f1'] for m in metrics]):>18}"
+            f"{mean_std([m['restored_epoch'] for m in metrics]):>18}"
+            f"{mean_std([m['train_seconds'] for m in metrics]):>22}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def load(url: str, photos: list[bytes], clients: int, seconds: float, limit: int
             photo += clients
             start = time.perf_counter()
             try:
-                connection.request("POST", "/predict", body=body,
-                                   headers={"Content-Type": "image/jpeg"})
+                connection.request(
+                    "POST", "/predict", body=body, headers={"Content-Type": "image/jpeg"}
+                )
                 response = connection.getresponse()
                 answer = response.read()
                 ok = response.status == 200 and len(json.loads(answer)["predictions"]) == 1
@@ -74,10 +75,14 @@ def load(url: str, photos: list[bytes], clients: int, seconds: float, limit: int
     after = request(f"{url}/health")[1]
     latencies.sort()
     calls = after["model_calls"] - before["model_calls"]
-    return {"rps": len(latencies) / wall, "p50": latencies[len(latencies) // 2],
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-            "requests": len(latencies), "errors": errors,
-            "per_call": (after["images"] - before["images"]) / max(calls, 1)}
+    return {
+        "rps": len(latencies) / wall,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "requests": len(latencies),
+        "errors": errors,
+        "per_call": (after["images"] - before["images"]) / max(calls, 1),
+    }
 
 
 def main() -> None:
@@ -89,37 +94,51 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="most per level and rep")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--photos", type=int, default=256, help="distinct photos sent")
-    parser.add_argument("--backend", choices=["auto", "pytorch", "onnx"], default="auto",
-                        help="the service's engine for a run directory")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "pytorch", "onnx"],
+        default="auto",
+        help="the service's engine for a run directory",
+    )
     args = parser.parse_args()
     print(runtime.describe_cpu())  # the figures below are for this CPU, bf16 answer and load
     files = sorted(p for p in args.data.rglob("*") if p.is_file())
-    photos = [p.read_bytes() for p in files[::max(1, len(files) // args.photos)][:args.photos]]
+    photos = [p.read_bytes() for p in files[:: max(1, len(files) // args.photos)][: args.photos]]
     results: dict[int, list[dict]] = {n: [] for n in args.clients}
-    with tempfile.TemporaryDirectory() as tmp, running_service(args.model, Path(tmp), "--backend",
-                                                       args.backend) as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_service(args.model, Path(tmp), "--backend", args.backend) as url,
+    ):
         load(url, photos, 4, 2, 200)  # warm-up
         for _ in range(args.reps):
             for clients in args.clients:
                 results[clients].append(load(url, photos, clients, args.seconds, args.requests))
-    print(f"imgclass serve {args.model} --backend {args.backend}, {len(photos)} flowers5 photos "
-          f"(JPEG bodies), loopback; median of {args.reps} interleaved runs of "
-          f"<= {args.seconds:g} s [min-max]")
-    print(f"{'clients':>7} {'requests/s':>18} {'p50 ms':>18} {'p99 ms':>18} "
-          f"{'images/model call':>18} {'requests':>9} {'errors':>7}")
+    print(
+        f"imgclass serve {args.model} --backend {args.backend}, {len(photos)} flowers5 photos "
+        f"(JPEG bodies), loopback; median of {args.reps} interleaved runs of "
+        f"<= {args.seconds:g} s [min-max]"
+    )
+    print(
+        f"{'clients':>7} {'requests/s':>18} {'p50 ms':>18} {'p99 ms':>18} "
+        f"{'images/model call':>18} {'requests':>9} {'errors':>7}"
+    )
     for clients, runs in results.items():
         cells = []
         for key in ("rps", "p50", "p99", "per_call"):
             values = [r[key] for r in runs]
             cells.append(f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]")
         errors = [e for r in runs for e in r["errors"]]
-        print(f"{clients:>7} " + " ".join(f"{c:>18}" for c in cells)
-              + f" {sum(r['requests'] for r in runs):>9} {len(errors):>7}")
+        print(
+            f"{clients:>7} "
+            + " ".join(f"{c:>18}" for c in cells)
+            + f" {sum(r['requests'] for r in runs):>9} {len(errors):>7}"
+        )
         for error in errors[:3]:
             print(f"        error: {error}")
     first, last = args.clients[0], args.clients[-1]
-    ratio = (statistics.median(r["rps"] for r in results[last])
-             / statistics.median(r["rps"] for r in results[first]))
+    ratio = statistics.median(r["rps"] for r in results[last]) / statistics.median(
+        r["rps"] for r in results[first]
+    )
     print(f"throughput, {last} clients / {first}: {ratio:.2f}x")
 
 

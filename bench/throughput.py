@@ -26,10 +26,13 @@ import sys
 import time
 
 CONFIGS = ["imgclass", "eager-fp32", "keras"]
-MEASURES = [("train_b32", "train img/s, batch 32"), ("train_b128", "train img/s, batch 128"),
-            ("infer_b1_p50_ms", "inference batch 1, p50 ms"),
-            ("infer_b1_p99_ms", "inference batch 1, p99 ms"),
-            ("infer_b256", "inference img/s, batch 256")]
+MEASURES = [
+    ("train_b32", "train img/s, batch 32"),
+    ("train_b128", "train img/s, batch 128"),
+    ("infer_b1_p50_ms", "inference batch 1, p50 ms"),
+    ("infer_b1_p99_ms", "inference batch 1, p99 ms"),
+    ("infer_b256", "inference img/s, batch 256"),
+]
 
 
 def _timed(step, batch: int, seconds: float) -> float:
@@ -65,8 +68,9 @@ def _default_predictor(directory: str):
     from imgclass.predict import Predictor
 
     model = build_model("seed_cnn", 6, 64)
-    save_model(directory, model, ModelMeta.describe(model, [f"class{i}" for i in range(6)], 64,
-                                                    "seed_cnn"))
+    save_model(
+        directory, model, ModelMeta.describe(model, [f"class{i}" for i in range(6)], 64, "seed_cnn")
+    )
     export_onnx(directory)
     return Predictor(directory, batch_size=256)
 
@@ -92,8 +96,11 @@ def worker_torch(config: str, seconds: float) -> dict:
     results = {}
     for batch in (32, 128):
         model = build_model("seed_cnn", 6, 64).to(memory_format=layout).train()
-        optimizer = (build_optimizer(model, build_config("seed")) if fast
-                     else torch.optim.Adam(model.parameters(), lr=5e-4))
+        optimizer = (
+            build_optimizer(model, build_config("seed"))
+            if fast
+            else torch.optim.Adam(model.parameters(), lr=5e-4)
+        )
         x = torch.rand(batch, 3, 64, 64).contiguous(memory_format=layout)
         y = torch.randint(0, 6, (batch,))
 
@@ -122,7 +129,8 @@ def worker_torch(config: str, seconds: float) -> dict:
                     return torch.softmax(model(x), 1).numpy()
 
         results["infer_b1_p50_ms"], results["infer_b1_p99_ms"] = _latencies(
-            lambda: predict(one), seconds)
+            lambda: predict(one), seconds
+        )
         results["infer_b256"] = _timed(lambda: predict(big), 256, seconds)
     results["threads"] = torch.get_num_threads()
     return results
@@ -133,16 +141,24 @@ def worker_keras(seconds: float) -> dict:
     from tensorflow import keras
 
     def build():
-        return keras.Sequential([
-            keras.Input((64, 64, 3)),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-            keras.layers.BatchNormalization(), keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(128, 3, padding="same", activation="relu"),
-            keras.layers.BatchNormalization(), keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(256, 3, padding="same", activation="relu"),
-            keras.layers.BatchNormalization(), keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(), keras.layers.Dense(512, activation="relu"),
-            keras.layers.Dropout(0.4), keras.layers.Dense(6, activation="softmax")])
+        return keras.Sequential(
+            [
+                keras.Input((64, 64, 3)),
+                keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(128, 3, padding="same", activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(256, 3, padding="same", activation="relu"),
+                keras.layers.BatchNormalization(),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(512, activation="relu"),
+                keras.layers.Dropout(0.4),
+                keras.layers.Dense(6, activation="softmax"),
+            ]
+        )
 
     results = {}
     for batch in (32, 128):
@@ -150,12 +166,14 @@ def worker_keras(seconds: float) -> dict:
         model.compile(keras.optimizers.Adam(5e-4), "sparse_categorical_crossentropy")
         x = np.random.rand(batch, 64, 64, 3).astype("float32")
         y = np.random.randint(0, 6, batch)
-        results[f"train_b{batch}"] = _timed(lambda m=model, x=x, y=y: m.train_on_batch(x, y),
-                                            batch, seconds)
+        results[f"train_b{batch}"] = _timed(
+            lambda m=model, x=x, y=y: m.train_on_batch(x, y), batch, seconds
+        )
     model = build()
     one = np.random.rand(1, 64, 64, 3).astype("float32")
     results["infer_b1_p50_ms"], results["infer_b1_p99_ms"] = _latencies(
-        lambda: model(one, training=False), seconds)
+        lambda: model(one, training=False), seconds
+    )
     big = np.random.rand(256, 64, 64, 3).astype("float32")
     results["infer_b256"] = _timed(lambda: model(big, training=False), 256, seconds)
     return results
@@ -170,13 +188,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0, help="per measurement")
-    parser.add_argument("--keras-python", default=sys.executable,
-                        help="interpreter with TensorFlow for the Keras baseline")
+    parser.add_argument(
+        "--keras-python",
+        default=sys.executable,
+        help="interpreter with TensorFlow for the Keras baseline",
+    )
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = (worker_keras(args.seconds) if args.worker == "keras"
-                  else worker_torch(args.worker, args.seconds))
+        result = (
+            worker_keras(args.seconds)
+            if args.worker == "keras"
+            else worker_torch(args.worker, args.seconds)
+        )
         print(json.dumps(result))
         return
     from imgclass.runtime import describe_cpu  # here: the workers import torch themselves
@@ -189,9 +213,12 @@ def main() -> None:
     for rep in range(args.reps):
         for config in configs:
             python = args.keras_python if config == "keras" else sys.executable
-            out = subprocess.run([python, __file__, "--worker", config,
-                                  "--seconds", str(args.seconds)],
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [python, __file__, "--worker", config, "--seconds", str(args.seconds)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             runs[config].append(json.loads(out.strip().splitlines()[-1]))
             print(f"rep {rep + 1}/{args.reps} {config}: done", file=sys.stderr)
     print(f"\nseed CNN, 64x64, 6 classes; median of {args.reps} interleaved runs [min-max]")
@@ -211,8 +238,10 @@ def main() -> None:
                 ratio = 1 / ratio  # lower latency is better: show the speed-up
             row += f"{ratio:>21.2f}x"
         print(row)
-    print(f"threads: {runs['imgclass'][0]['threads']}; imgclass inference: "
-          f"{runs['imgclass'][0]['engine']} (Predictor's default backend for a trained run)")
+    print(
+        f"threads: {runs['imgclass'][0]['threads']}; imgclass inference: "
+        f"{runs['imgclass'][0]['engine']} (Predictor's default backend for a trained run)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,12 @@ from imgclass import runtime
 from imgclass.data.dataset import load_dataset
 from imgclass.training import train
 
-RECIPES = {"seed": {}, "fast": {}, "transfer": {},
-           "transfer+ft": {"recipe": "transfer", "finetune_epochs": 6}}
+RECIPES = {
+    "seed": {},
+    "fast": {},
+    "transfer": {},
+    "transfer+ft": {"recipe": "transfer", "finetune_epochs": 6},
+}
 WALL = "bench_wall.json"  # in each run: the wall time of its train call
 
 
@@ -43,8 +47,7 @@ def reach_time(history: list[dict], target: float) -> float | None:
     The tolerance absorbs float32 accumulation (per-epoch accuracies) against float64 (final).
     """
     elapsed = itertools.accumulate(float(h["seconds"]) for h in history)
-    return next((t for t, h in zip(elapsed, history) if float(h["val_acc"]) >= target - 1e-5),
-                None)
+    return next((t for t, h in zip(elapsed, history) if float(h["val_acc"]) >= target - 1e-5), None)
 
 
 def read_run(run: Path) -> tuple[list[dict], dict]:
@@ -60,9 +63,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +/- {std:.3f}"
 
 
-def flowers_runs(doc: str, prefix: str,
-                 add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
-                 ) -> tuple[argparse.Namespace, Path]:
+def flowers_runs(
+    doc: str,
+    prefix: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+) -> tuple[argparse.Namespace, Path]:
     """The options of every flowers5 benchmark (--data --seeds --out --table-only, plus its own);
     returns them and the folder of the runs, with the decode cache warmed unless --table-only."""
     default = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers5"
@@ -70,8 +75,9 @@ def flowers_runs(doc: str, prefix: str,
     parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp folder)")
-    parser.add_argument("--table-only", action="store_true",
-                        help="do not train: tabulate the runs already in --out")
+    parser.add_argument(
+        "--table-only", action="store_true", help="do not train: tabulate the runs already in --out"
+    )
     add_arguments(parser)
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -108,29 +114,44 @@ def main() -> None:
             trained = sum(float(h["seconds"]) for h in history)
             reach = reach_time(history, target)  # + what came before the first epoch
             before = wall - trained if "transfer" in name else 0.0  # seed, fast: decoded first
-            rows.append({"recipe": name, "seed": seed, "target": target,
-                         "reach": None if reach is None else before + reach,
-                         "final": metrics["val_accuracy"], "total": before + trained,
-                         "wall": wall})
+            rows.append(
+                {
+                    "recipe": name,
+                    "seed": seed,
+                    "target": target,
+                    "reach": None if reach is None else before + reach,
+                    "final": metrics["val_accuracy"],
+                    "total": before + trained,
+                    "wall": wall,
+                }
+            )
             print(f"seed {seed} {name}: {rows[-1]}", file=sys.stderr)
     print(f"\nflowers5, seeds {args.seeds}; target = the seed recipe's final validation accuracy")
-    print(f"{'recipe':<12}{'reached target (s)':>24}{'final val acc':>24}{'time (s)':>24}"
-          f"{'wall of train() (s)':>24}")
+    print(
+        f"{'recipe':<12}{'reached target (s)':>24}{'final val acc':>24}{'time (s)':>24}"
+        f"{'wall of train() (s)':>24}"
+    )
     for name in names:
         mine = [r for r in rows if r["recipe"] == name]
         reached = [r["reach"] for r in mine if r["reach"] is not None]
         missed = len(mine) - len(reached)
         reach = mean_std(reached) + (f" ({missed} missed)" if missed else "")
         final, total, wall = ([r[k] for r in mine] for k in ("final", "total", "wall"))
-        print(f"{name:<12}{reach:>24}{mean_std(final):>24}{mean_std(total):>24}"
-              f"{mean_std(wall):>24}")
+        print(
+            f"{name:<12}{reach:>24}{mean_std(final):>24}{mean_std(total):>24}{mean_std(wall):>24}"
+        )
     seed_total = statistics.mean(r["total"] for r in rows if r["recipe"] == "seed")
     for name in names[1:]:
         reached = [r["reach"] for r in rows if r["recipe"] == name and r["reach"] is not None]
         gain = statistics.mean(r["final"] for r in rows if r["recipe"] == name) - statistics.mean(
-            r["final"] for r in rows if r["recipe"] == "seed")
-        when = (f"reaches the seed's accuracy in {statistics.mean(reached) / seed_total:.2f} of "
-                "the seed recipe's time, " if reached else "")
+            r["final"] for r in rows if r["recipe"] == "seed"
+        )
+        when = (
+            f"reaches the seed's accuracy in {statistics.mean(reached) / seed_total:.2f} of "
+            "the seed recipe's time, "
+            if reached
+            else ""
+        )
         print(f"{name} {when}finishes {100 * gain:+.1f} points above seed")
     print(f"runs kept in {out}")
 

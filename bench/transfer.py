@@ -55,24 +55,47 @@ def main() -> None:
             cache = Path(tmp) / f"cache-{seed}"
             for kind in args.kinds:
                 out = Path(tmp) / f"{kind}-{seed}"
-                command = [sys.executable, "-m", "imgclass", "train", str(args.data), "--recipe",
-                           "transfer", "--seed", str(seed), "--out", str(out), "--cache-dir",
-                           str(cache), *args.extra]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "imgclass",
+                    "train",
+                    str(args.data),
+                    "--recipe",
+                    "transfer",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(out),
+                    "--cache-dir",
+                    str(cache),
+                    *args.extra,
+                ]
                 wall, peak = run(command)
                 metrics = json.loads((out / "metrics.json").read_text())
-                rows.append({"seed": seed, "kind": kind, "wall": wall, "peak_gb": peak,
-                             "val_acc": metrics["val_accuracy"],
-                             "epochs": metrics["final_epoch"]})
-                print(f"seed {seed} {kind}: val acc {metrics['val_accuracy']:.4f}, "
-                      f"{wall:.1f} s, peak RSS {peak:.2f} GB, {metrics['final_epoch']} epochs",
-                      flush=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "kind": kind,
+                        "wall": wall,
+                        "peak_gb": peak,
+                        "val_acc": metrics["val_accuracy"],
+                        "epochs": metrics["final_epoch"],
+                    }
+                )
+                print(
+                    f"seed {seed} {kind}: val acc {metrics['val_accuracy']:.4f}, "
+                    f"{wall:.1f} s, peak RSS {peak:.2f} GB, {metrics['final_epoch']} epochs",
+                    flush=True,
+                )
     for kind in args.kinds:
         part = [r for r in rows if r["kind"] == kind]
         accs, walls = [r["val_acc"] * 100 for r in part], [r["wall"] for r in part]
-        spread = (lambda v: f" +/- {statistics.stdev(v):.1f}") if len(part) > 1 else (
-            lambda v: "")
-        print(f"{kind}: val acc {statistics.mean(accs):.1f}{spread(accs)} %, wall "
-              f"{statistics.mean(walls):.1f}{spread(walls)} s (max {max(walls):.1f} s)")
+        spread = (lambda v: f" +/- {statistics.stdev(v):.1f}") if len(part) > 1 else (lambda v: "")
+        print(
+            f"{kind}: val acc {statistics.mean(accs):.1f}{spread(accs)} %, wall "
+            f"{statistics.mean(walls):.1f}{spread(walls)} s (max {max(walls):.1f} s)"
+        )
 
 
 if __name__ == "__main__":

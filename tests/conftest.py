@@ -29,8 +29,13 @@ def shared_dataset(name: str) -> Path:
     return root / name
 
 
-def make_class_tree(root: Path, per_class: int = 12, size: int = 24, seed: int = 0,
-                    classes: dict[str, tuple[int, int, int]] = COLOURS) -> Path:
+def make_class_tree(
+    root: Path,
+    per_class: int = 12,
+    size: int = 24,
+    seed: int = 0,
+    classes: dict[str, tuple[int, int, int]] = COLOURS,
+) -> Path:
     """root/<colour>/<n>.jpg: noisy squares of one colour per class, easy to learn."""
     rng = np.random.default_rng(seed)
     for name, colour in classes.items():
@@ -73,6 +78,7 @@ def ctrl_c_after_epoch(monkeypatch, epoch: int) -> None:
         def hook(stats):
             if stats.epoch == epoch:
                 raise KeyboardInterrupt
+
         yield hook
 
     monkeypatch.setattr("imgclass.training.tensorboard", hooked)
@@ -98,9 +104,17 @@ def trained_run(tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("trained")
     data = make_class_tree(base / "data", per_class=16)
-    result = train(data, base / "run", cache_dir=base / "cache", image_size=16, epochs=4,
-                   batch_size=8, seed=1, recipe="seed",
-                   keep_checkpoint=True)  # test_checkpoint reads it
+    result = train(
+        data,
+        base / "run",
+        cache_dir=base / "cache",
+        image_size=16,
+        epochs=4,
+        batch_size=8,
+        seed=1,
+        recipe="seed",
+        keep_checkpoint=True,
+    )  # test_checkpoint reads it
     return result.run_dir
 
 
@@ -113,18 +127,30 @@ def browser(tmp_path_factory):
     webdriver = pytest.importorskip("selenium.webdriver")
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.skip("chromium and chromedriver are not installed (.ci/run installs Debian's "
-                    "chromium and chromium-driver)")
+        pytest.skip(
+            "chromium and chromedriver are not installed (.ci/run installs Debian's "
+            "chromium and chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    session = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver),
-                               options=options)
+    session = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=driver), options=options
+    )
     yield session
     session.quit()
 
@@ -142,6 +168,14 @@ def served_run(trained_run, tmp_path_factory):
     """`imgclass serve trained_run` as a real process on a loopback port; yields its base URL."""
     from tests.service import running_service
 
-    with running_service(trained_run, tmp_path_factory.mktemp("serve"), "--max-upload-mb", "1",
-                         "--max-pixels", "1000000", "--top-k", "2") as url:
+    with running_service(
+        trained_run,
+        tmp_path_factory.mktemp("serve"),
+        "--max-upload-mb",
+        "1",
+        "--max-pixels",
+        "1000000",
+        "--top-k",
+        "2",
+    ) as url:
         yield url

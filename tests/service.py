@@ -29,21 +29,25 @@ def running_service(model: Path, folder: Path, *options: str) -> Iterator[str]:
     log_path = folder / f"serve-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "imgclass", "serve", str(model), "--port", str(port),
-             *options], stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "imgclass", "serve", str(model), "--port", str(port), *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"imgclass serve exited ({process.returncode}):\n"
-                                   f"{log_path.read_text()}")
+                raise RuntimeError(
+                    f"imgclass serve exited ({process.returncode}):\n{log_path.read_text()}"
+                )
             with contextlib.suppress(OSError):
                 if request(f"{url}/health")[0] == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"imgclass serve not up after {STARTUP_SECONDS} s:\n"
-                                   f"{log_path.read_text()}")
+                raise RuntimeError(
+                    f"imgclass serve not up after {STARTUP_SECONDS} s:\n{log_path.read_text()}"
+                )
             time.sleep(0.2)
         yield url
     finally:
@@ -55,8 +59,9 @@ def running_service(model: Path, folder: Path, *options: str) -> Iterator[str]:
             process.wait()
 
 
-def request(url: str, data: bytes | None = None, headers: dict | None = None,
-            method: str | None = None) -> tuple[int, dict | str]:
+def request(
+    url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None
+) -> tuple[int, dict | str]:
     """(status, JSON body or text) of one HTTP request; 4xx and 5xx answers are returned too.
 
     A server may answer (413) and close before a large body is sent whole: the answer is still
@@ -66,9 +71,12 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None,
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            connection.request(method or ("GET" if data is None else "POST"),
-                               f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}",
-                               body=data, headers=headers or {})
+            connection.request(
+                method or ("GET" if data is None else "POST"),
+                f"{parts.path or '/'}{'?' + parts.query if parts.query else ''}",
+                body=data,
+                headers=headers or {},
+            )
         response = connection.getresponse()
         status, body, kind = response.status, response.read(), response.headers
     finally:
@@ -83,8 +91,11 @@ def multipart(files: list[tuple[str, str, bytes]]) -> tuple[bytes, dict]:
     boundary = "imgclass-test-boundary-7d93"
     parts = []
     for field, filename, content in files:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-                     f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-                     .encode() + content + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+            + content
+            + b"\r\n"
+        )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}

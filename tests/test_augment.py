@@ -64,7 +64,7 @@ def _pixels(n=16, side=16, seed=0):
 
 
 def test_every_trivial_augment_op_gives_a_valid_image_and_all_but_identity_change_it():
-    image = (_pixels(1, 24)[0].permute(2, 0, 1) // 2 + 60)  # a narrow range: autocontrast acts
+    image = _pixels(1, 24)[0].permute(2, 0, 1) // 2 + 60  # a narrow range: autocontrast acts
     for op, (top, _) in _WIDE_OPS.items():
         out = _wide_op(image, op, top)
         assert out.shape == image.shape and out.dtype == torch.uint8, op
@@ -86,8 +86,9 @@ def test_train_augment_is_reproducible_and_off_by_default_beyond_keras():
 
 def test_random_erasing_blanks_one_rectangle_of_2_to_33_percent():
     x = torch.ones(64, 3, 20, 20)
-    out = TrainAugment(AugmentConfig(random_erasing=1.0), torch.Generator().manual_seed(6),
-                       2).random_erasing(x.clone())
+    out = TrainAugment(
+        AugmentConfig(random_erasing=1.0), torch.Generator().manual_seed(6), 2
+    ).random_erasing(x.clone())
     erased = (out == 0).all(1).float().mean((1, 2))  # share of each image set to 0
     assert ((erased >= 0.015) & (erased <= 0.34)).all(), erased
     rows = (out[:, 0] == 0).any(2).sum(1) * (out[:, 0] == 0).any(1).sum(1)
@@ -106,8 +107,7 @@ def test_mixed_targets_match_the_mixed_pixels(mode):
     pixels, labels = _one_colour_per_image(n)
     config = AugmentConfig(hflip=False, rotation=0, zoom=0, **{mode: 1.0})
     for seed in range(5):
-        x, targets = TrainAugment(config, torch.Generator().manual_seed(seed), n)(pixels,
-                                                                                  labels)
+        x, targets = TrainAugment(config, torch.Generator().manual_seed(seed), n)(pixels, labels)
         torch.testing.assert_close(targets.sum(1), torch.ones(n))
         own = targets[torch.arange(n), labels]
         other = targets[torch.arange(n), labels.roll(1)]

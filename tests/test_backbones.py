@@ -27,14 +27,24 @@ from imgclass.training import train
 from tests.conftest import ctrl_c_after_epoch, make_class_tree, shared_dataset
 
 BACKBONE_NAMES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]  # once torchvision's
-OPTIONS = {"recipe": "seed", "model": "mobilenet_v3_small", "image_size": 32, "batch_size": 8,
-           "patience": 0, "precision": "fp32", "seed": 2}
+OPTIONS = {
+    "recipe": "seed",
+    "model": "mobilenet_v3_small",
+    "image_size": 32,
+    "batch_size": 8,
+    "patience": 0,
+    "precision": "fp32",
+    "seed": 2,
+}
 
 
 def _body(model: torch.nn.Module, head: str) -> dict[str, torch.Tensor]:
     """The parameters that come from the pretrained file (all but the new head)."""
-    return {k.removeprefix("net."): v for k, v in model.named_parameters()
-            if not k.startswith(f"net.{head}.")}
+    return {
+        k.removeprefix("net."): v
+        for k, v in model.named_parameters()
+        if not k.startswith(f"net.{head}.")
+    }
 
 
 def _torchvision_model(name: str, seed: int) -> torch.nn.Module:
@@ -102,7 +112,8 @@ def test_lite0_weights_installed_with_imgclass_are_the_reference_model(tmp_path)
     by position and shape into timm's tf_efficientnet_lite0, gives the logits of the reference
     implementation (efficientnet-lite-pytorch) exactly, at the trained size and others."""
     reference_package = pytest.importorskip(
-        "efficientnet_lite_pytorch", reason="the test extra efficientnet-lite-pytorch")
+        "efficientnet_lite_pytorch", reason="the test extra efficientnet-lite-pytorch"
+    )
     path = imagenet_file("tf_efficientnet_lite0")
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert len(state) == 296 and path.is_file()
@@ -110,8 +121,9 @@ def test_lite0_weights_installed_with_imgclass_are_the_reference_model(tmp_path)
     reference.load_state_dict(state)
     reference.eval()
     model = build_model("tf_efficientnet_lite0", 1000, 224, pretrained="imagenet").eval()
-    assert [torch.equal(a, b) for a, b in zip(state.values(), model.net.state_dict().values())
-            ] == [True] * 296
+    assert [torch.equal(a, b) for a, b in zip(state.values(), model.net.state_dict().values())] == [
+        True
+    ] * 296
     for size in (224, 160):
         x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.no_grad():
@@ -141,8 +153,11 @@ def test_pretrained_file_weights_arrive(tmp_path, suffix):
     model = build_model("resnet18", num_classes=3, image_size=32, pretrained=str(path))
     body = _body(model, "fc")
     assert body and all(torch.equal(v, state[k]) for k, v in body.items())
-    assert all(torch.equal(v, state[k]) for k, v in model.net.state_dict().items()
-               if k.startswith("bn1.running"))
+    assert all(
+        torch.equal(v, state[k])
+        for k, v in model.net.state_dict().items()
+        if k.startswith("bn1.running")
+    )
     assert model.net.get_classifier().out_features == 3  # a new head for the class count
     random = build_model("resnet18", num_classes=3, image_size=32)
     assert not torch.equal(random.net.conv1.weight, model.net.conv1.weight)
@@ -151,19 +166,28 @@ def test_pretrained_file_weights_arrive(tmp_path, suffix):
 def test_pretrained_errors_name_the_file(tmp_path, monkeypatch):
     wrong = tmp_path / "mobilenet.pth"
     torch.save(_imagenet_like_state("mobilenet_v3_small", 0), wrong)
-    with pytest.raises(ValueError, match=r"mobilenet.pth: not resnet18 weights: \d+ tensors "
-                                         r"where the model has \d+, and \d+ of its names"):
+    with pytest.raises(
+        ValueError,
+        match=r"mobilenet.pth: not resnet18 weights: \d+ tensors "
+        r"where the model has \d+, and \d+ of its names",
+    ):
         build_model("resnet18", 3, 32, pretrained=str(wrong))
     reshaped = _imagenet_like_state("resnet18", 0)
     reshaped["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(reshaped, tmp_path / "reshaped.pth")
-    with pytest.raises(ValueError, match=r"reshaped.pth: not resnet18 weights: shape differs "
-                                         r"for 1 tensors: layer1.0.conv1.weight \[64, 64, 1, 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"reshaped.pth: not resnet18 weights: shape differs "
+        r"for 1 tensors: layer1.0.conv1.weight \[64, 64, 1, 1\]",
+    ):
         build_model("resnet18", 3, 32, pretrained=str(tmp_path / "reshaped.pth"))
     unordered = tmp_path / "torchvision.safetensors"  # foreign names, and no order to map by
     save_file(_imagenet_like_state("efficientnet_b0", 0), unordered)
-    with pytest.raises(ValueError, match=r"torchvision.safetensors: not efficientnet_b0 weights: "
-                                         r"its tensor names are not timm's"):
+    with pytest.raises(
+        ValueError,
+        match=r"torchvision.safetensors: not efficientnet_b0 weights: "
+        r"its tensor names are not timm's",
+    ):
         build_model("efficientnet_b0", 3, 32, pretrained=str(unordered))
     cut = tmp_path / "cut.pth"  # the installed Lite0 file, truncated: a damaged download
     cut.write_bytes(imagenet_file("tf_efficientnet_lite0").read_bytes()[:100_000])
@@ -192,8 +216,11 @@ def test_pretrained_errors_name_the_file(tmp_path, monkeypatch):
         raise OSError("We could not connect to the Hugging Face hub")
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", hub_offline)
-    with pytest.raises(ValueError, match=r"cannot download timm/test_vit.* from the Hugging Face "
-                                         r"hub \(We could not connect.*--pretrained FILE"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot download timm/test_vit.* from the Hugging Face "
+        r"hub \(We could not connect.*--pretrained FILE",
+    ):
         build_model("test_vit", 3, 32, pretrained="imagenet")
 
 
@@ -233,10 +260,16 @@ def _info_in_train_log(caplog):
 
 
 def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
-        data, pretrained_file, tmp_path, monkeypatch):
+    data, pretrained_file, tmp_path, monkeypatch
+):
     path, state = pretrained_file
-    options = {**OPTIONS, "pretrained": str(path), "freeze_epochs": 1, "epochs": 2,
-               "export": False}  # not under test here, and ~10 s per backbone
+    options = {
+        **OPTIONS,
+        "pretrained": str(path),
+        "freeze_epochs": 1,
+        "epochs": 2,
+        "export": False,
+    }  # not under test here, and ~10 s per backbone
     reference = train(data, tmp_path / "reference", cache_dir=tmp_path / "cache", **options)
     log = (reference.run_dir / "train.log").read_text()
     assert "epoch 1: backbone frozen" in log and "epoch 2: backbone unfrozen" in log
@@ -253,13 +286,13 @@ def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
         body = _body(after_epoch_1.model, "classifier")
         assert body and all(torch.equal(v, state[k]) for k, v in body.items())  # were frozen
         head = after_epoch_1.model.net.classifier
-        assert head.out_features == 3 and not torch.equal(head.weight, load_model(
-            reference.run_dir).model.net.classifier.weight)  # trained, and then again
+        assert head.out_features == 3 and not torch.equal(
+            head.weight, load_model(reference.run_dir).model.net.classifier.weight
+        )  # trained, and then again
         resumed = train(resume=tmp_path / "run", cache_dir=tmp_path / "cache")
     finally:
         moved.rename(path)
     assert "epoch 2: backbone unfrozen" in (resumed.run_dir / "train.log").read_text()
     a, b = load_model(reference.run_dir).model, load_model(resumed.run_dir).model
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                  b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in reference.history]

@@ -11,14 +11,22 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 
 
 def test_gpu_benchmark_smoke_runs_every_part_on_the_cpu(tmp_path):
-    done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert results["smoke"] and results["device"] == "cpu"
     rows = results["throughput"]
-    assert [(r["recipe"], r["batch"]) for r in rows] == [("seed", 4), ("seed", 8), ("fast", 4),
-                                                           ("fast", 8)]
+    assert [(r["recipe"], r["batch"]) for r in rows] == [
+        ("seed", 4),
+        ("seed", 8),
+        ("fast", 4),
+        ("fast", 8),
+    ]
     assert all(r["images_per_s"] > 0 and r["peak_gib"] is None for r in rows)
     flowers = results["flowers5"]
     assert 0 <= flowers["target"] <= 1 and flowers["seed_seconds"] > 0

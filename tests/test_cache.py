@@ -37,7 +37,8 @@ def test_cache_is_per_content_and_per_size(class_tree, tmp_path, monkeypatch):
     new = class_tree / "red" / "new.jpg"
     new.write_bytes((class_tree / "blue" / "blue_001.jpg").read_bytes())  # known content
     (class_tree / "red" / "red_000.jpg").write_bytes(
-        (class_tree / "green" / "green_000.jpg").read_bytes())  # changed content, known too
+        (class_tree / "green" / "green_000.jpg").read_bytes()
+    )  # changed content, known too
     again = load_images(scan_folder(class_tree), 16, tmp_path / "c", workers=1)
     assert again.decoded_now == 0
     other_size = load_images(scan_folder(class_tree), 8, tmp_path / "c", workers=1)
@@ -77,7 +78,8 @@ def test_pixel_limit_skips_clearly_and_is_not_remembered(class_tree, tmp_path):
 
 
 def test_a_size_whose_decoded_set_cannot_fit_in_memory_is_refused_before_decoding(
-        class_tree, tmp_path):
+    class_tree, tmp_path
+):
     """Issue 13.10: 36 images at 30,000 px would take 97 GB; refused with the figures before
     one is decoded or cached (it allocated 34 GB after writing 721 MB of cache at 2048 px)."""
     from click.testing import CliRunner
@@ -89,11 +91,24 @@ def test_a_size_whose_decoded_set_cannot_fit_in_memory_is_refused_before_decodin
     if available is None or available > 90e9:
         pytest.skip(f"needs a machine with less than 90 GB available (has {available})")
     cache_dir = tmp_path / "cache"
-    result = CliRunner().invoke(main, ["train", str(class_tree), "--out", str(tmp_path / "run"),
-                                       "--image-size", "30000", "--cache-dir", str(cache_dir)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(class_tree),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "30000",
+            "--cache-dir",
+            str(cache_dir),
+        ],
+    )
     assert result.exit_code == 1
-    assert re.search(r"Error: 36 images decoded at 30000x30000 px take 97\.2 GB \(194\.4 GB "
-                     r"while 36 are decoded\), but [0-9.]+ GB of memory is available: choose "
-                     r"a smaller --image-size",
-                     result.output), result.output
+    assert re.search(
+        r"Error: 36 images decoded at 30000x30000 px take 97\.2 GB \(194\.4 GB "
+        r"while 36 are decoded\), but [0-9.]+ GB of memory is available: choose "
+        r"a smaller --image-size",
+        result.output,
+    ), result.output
     assert not list(cache_dir.rglob("*.npy"))

@@ -25,7 +25,7 @@ def test_loaded_model_gives_the_same_outputs_twice(trained_run):
 
 def test_weights_file_is_safetensors_not_pickle(trained_run):
     header_len = int.from_bytes((trained_run / "model.safetensors").read_bytes()[:8], "little")
-    header = json.loads((trained_run / "model.safetensors").read_bytes()[8:8 + header_len])
+    header = json.loads((trained_run / "model.safetensors").read_bytes()[8 : 8 + header_len])
     assert "0.weight" in header
 
 
@@ -49,8 +49,11 @@ def test_missing_and_mismatched_files_are_clear_errors(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     meta = json.loads((run / "model.json").read_text())
     (run / "model.json").write_text(json.dumps({**meta, "classes": ["a", "b"]}))
-    with pytest.raises(CheckpointError, match=r"its classes \(a, b\) are not those saved with "
-                                              r"the weights .*\(blue, green, red\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"its classes \(a, b\) are not those saved with "
+        r"the weights .*\(blue, green, red\)",
+    ):
         load_model(run)
     (run / "model.json").write_text(json.dumps({**meta, "architecture": "fast_resnet"}))
     with pytest.raises(CheckpointError, match="not matching fast_resnet"):
@@ -88,12 +91,14 @@ def test_training_checkpoint_round_trips_without_pickle(trained_run, tmp_path, m
     assert state.optimizer["state"][0]["exp_avg"].shape == state.model["0.weight"].shape
     save_checkpoint(tmp_path, state)
     again = load_checkpoint(tmp_path)
-    assert again.history == state.history and again.optimizer["param_groups"] == \
-        state.optimizer["param_groups"]
+    assert (
+        again.history == state.history
+        and again.optimizer["param_groups"] == state.optimizer["param_groups"]
+    )
     for name in state.model:
         assert torch.equal(again.model[name], state.model[name])
     header_len = int.from_bytes((tmp_path / CHECKPOINT).read_bytes()[:8], "little")
-    header = json.loads((tmp_path / CHECKPOINT).read_bytes()[8:8 + header_len])
+    header = json.loads((tmp_path / CHECKPOINT).read_bytes()[8 : 8 + header_len])
     groups = {name.split("/")[0] for name in header if name != "__metadata__"}
     assert {"model", "optimizer", "rng"} <= groups <= {"model", "best", "optimizer", "rng"}
     assert (again.best_model is None) == (state.best_model is None)

@@ -20,8 +20,9 @@ def run_cli(*args: str):
 
 
 def test_python_dash_m_runs_the_command():
-    out = subprocess.run([sys.executable, "-m", "imgclass", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "imgclass", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for command in ("prepare", "train", "evaluate", "predict"):
         assert command in out
 
@@ -54,24 +55,65 @@ def test_prepare_animals10_raw_gives_the_six_reference_classes(tmp_path):
 def test_train_evaluate_predict_through_the_cli(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=8)
     run = tmp_path / "runs" / "x"
-    result = run_cli("train", data, "--out", run, "--image-size", "16", "--epochs", "2",
-                     "--batch-size", "8", "--lr", "0.001", "--val-split", "0.25", "--seed", "3",
-                     "--patience", "1", "--recipe", "seed")
+    result = run_cli(
+        "train",
+        data,
+        "--out",
+        run,
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.001",
+        "--val-split",
+        "0.25",
+        "--seed",
+        "3",
+        "--patience",
+        "1",
+        "--recipe",
+        "seed",
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
-    assert (config["image_size"], config["epochs"], config["batch_size"], config["lr"],
-            config["val_split"], config["seed"], config["patience"]) == (16, 2, 8, 1e-3, 0.25, 3, 1)
+    assert (
+        config["image_size"],
+        config["epochs"],
+        config["batch_size"],
+        config["lr"],
+        config["val_split"],
+        config["seed"],
+        config["patience"],
+    ) == (16, 2, 8, 1e-3, 0.25, 3, 1)
     assert "Total" in result.stderr and "epoch 1/2" in result.stderr
     assert f"the report: {run / 'report.html'}\nnext:\n  imgclass evaluate {run} [DATA_DIR]" in (
-        result.stdout)  # what to do with the run (issue 14.2)
+        result.stdout
+    )  # what to do with the run (issue 14.2)
     assert f"  imgclass predict {run} photo.jpg" in result.stdout
     assert f"  imgclass serve {run} " in result.stdout
     # finished: the resume checkpoint is gone (issue 14.6), the model and the report stay
     assert not (run / "checkpoint.safetensors").exists() and not (run / "checkpoint.json").exists()
     assert "removed the resume checkpoint (" in result.stderr
     kept = tmp_path / "runs" / "kept"
-    assert run_cli("train", data, "--out", kept, "--image-size", "16", "--epochs", "1",
-                   "--keep-checkpoint", "--recipe", "seed").exit_code == 0
+    assert (
+        run_cli(
+            "train",
+            data,
+            "--out",
+            kept,
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--keep-checkpoint",
+            "--recipe",
+            "seed",
+        ).exit_code
+        == 0
+    )
     assert (kept / "checkpoint.safetensors").is_file() and (kept / "checkpoint.json").is_file()
 
     result = run_cli("evaluate", run)
@@ -102,8 +144,7 @@ def test_a_run_whose_json_files_are_damaged_is_named_in_one_line(trained_run, tm
         assert "Traceback" not in result.output
     recipe = tmp_path / "mine.json"
     recipe.write_text('{"epochs": "ten"}')
-    result = CliRunner().invoke(main, ["train", str(tmp_path / "config"), "--recipe",
-                                       str(recipe)])
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "config"), "--recipe", str(recipe)])
     assert result.exit_code == 1
     assert f'{recipe}: epochs must be an integer, got "ten"' in result.output
 
@@ -117,11 +158,12 @@ def test_help_describes_every_option_and_no_summary_is_cut():
     assert len(commands) == len(main.commands)
     assert not [line for line in commands if line.endswith("...")], commands
     for name, command in main.commands.items():
-        undescribed = [p.name for p in command.params
-                       if isinstance(p, click.Option) and not p.help]
+        undescribed = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
         assert not undescribed, (name, undescribed)
         assert "scan.json" not in CliRunner().invoke(main, [name, "--help"]).output or (
-            name == "scan")
+            name == "scan"
+        )
     train_help = CliRunner().invoke(main, ["train", "--help"], terminal_width=200).output
-    assert re.search(r"--epochs INTEGER +Maximum number of epochs\.  \[default: the recipe's\]",
-                     train_help)
+    assert re.search(
+        r"--epochs INTEGER +Maximum number of epochs\.  \[default: the recipe's\]", train_help
+    )

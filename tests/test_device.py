@@ -52,9 +52,16 @@ def test_cuda_means_the_gpu_of_the_local_rank(two_gpus):
         parse_device("cuda:2")
 
 
-@pytest.mark.parametrize("spec,reason", [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"),
-                                         ("mps", "MPS is not available"),
-                                         ("tpu", "unknown device"), ("gpu!", "unknown device")])
+@pytest.mark.parametrize(
+    "spec,reason",
+    [
+        ("cuda", "no CUDA GPU"),
+        ("cuda:1", "no CUDA GPU"),
+        ("mps", "MPS is not available"),
+        ("tpu", "unknown device"),
+        ("gpu!", "unknown device"),
+    ],
+)
 def test_devices_that_are_not_here_are_clear_errors(no_gpu, spec, reason):
     with pytest.raises(ValueError, match=reason):
         parse_device(spec)
@@ -91,8 +98,16 @@ def _step_weights(scaler: torch.amp.GradScaler | None) -> torch.Tensor:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = iter([(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))) for _ in range(3)])
-    train_one_epoch(model, batches, optimizer, None, nn.CrossEntropyLoss(),
-                    Device(torch.device("cpu"), None), tqdm(disable=True), scaler)
+    train_one_epoch(
+        model,
+        batches,
+        optimizer,
+        None,
+        nn.CrossEntropyLoss(),
+        Device(torch.device("cpu"), None),
+        tqdm(disable=True),
+        scaler,
+    )
     return model[1].weight.detach().clone()
 
 
@@ -121,8 +136,9 @@ def test_learning_rate_scaling_with_the_batch(tmp_path):
 
 def test_cli_names_a_missing_gpu(no_gpu, class_tree, tmp_path):
     for args in (["--device", "cuda"], ["--precision", "fp16"]):
-        result = CliRunner().invoke(main, ["train", str(class_tree), "--out",
-                                           str(tmp_path / "run"), *args])
+        result = CliRunner().invoke(
+            main, ["train", str(class_tree), "--out", str(tmp_path / "run"), *args]
+        )
         assert result.exit_code == 1, result.output
         assert "no CUDA GPU" in result.output or "fp16 needs a CUDA GPU" in result.output
     assert not (tmp_path / "run").exists()  # refused before anything was written
@@ -139,7 +155,8 @@ def test_native_bf16_is_read_from_the_cpu_unless_the_variable_says(monkeypatch):
         monkeypatch.setenv("IMGCLASS_NATIVE_BF16", value)
         assert runtime.cpu_has_native_bf16() is answer
         assert f"native bf16: {'yes' if answer else 'no'} (IMGCLASS_NATIVE_BF16=" in (
-            runtime.describe_cpu())
+            runtime.describe_cpu()
+        )
     monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "yes")
     with pytest.raises(ValueError, match=r"IMGCLASS_NATIVE_BF16='yes': set it to 1 .* or 0"):
         runtime.cpu_has_native_bf16()
@@ -147,8 +164,17 @@ def test_native_bf16_is_read_from_the_cpu_unless_the_variable_says(monkeypatch):
 
 def test_a_bad_native_bf16_value_is_one_line_from_the_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGCLASS_NATIVE_BF16", "true")
-    result = CliRunner().invoke(main, ["train", str(make_class_tree(tmp_path / "d", 2)),
-                                       "--out", str(tmp_path / "run"), "--epochs", "1"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(make_class_tree(tmp_path / "d", 2)),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 1
     assert "Error: IMGCLASS_NATIVE_BF16='true': set it to 1" in result.output
     assert "Traceback" not in result.output

@@ -28,8 +28,13 @@ def _imgclass(*args, limit: int) -> subprocess.CompletedProcess:
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run([sys.executable, "-m", "imgclass", *map(str, args)], text=True,
-                          capture_output=True, preexec_fn=cap, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "imgclass", *map(str, args)],
+        text=True,
+        capture_output=True,
+        preexec_fn=cap,
+        timeout=300,
+    )
 
 
 def _one_line_naming(result: subprocess.CompletedProcess, inside: Path) -> Path:
@@ -46,24 +51,29 @@ def test_a_full_disk_while_decoding_or_training_is_one_line(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     cache = tmp_path / "cache"
     small = ("--recipe", "seed", "--epochs", "1", "--image-size", "32", "--cache-dir", cache)
-    named = _one_line_naming(_imgclass("train", data, "--out", tmp_path / "run", *small,
-                                       limit=4096), cache)
+    named = _one_line_naming(
+        _imgclass("train", data, "--out", tmp_path / "run", *small, limit=4096), cache
+    )
     assert named.suffix == ".npy" and not named.exists()  # its temporary file is gone too
     assert not [p for p in named.parent.iterdir() if p.name.endswith(".part")]
-    scanned = _imgclass("scan", data, "--image-size", "32", "--cache-dir", tmp_path / "c2",
-                        limit=4096)
+    scanned = _imgclass(
+        "scan", data, "--image-size", "32", "--cache-dir", tmp_path / "c2", limit=4096
+    )
     _one_line_naming(scanned, tmp_path / "c2")
 
-    assert _imgclass("scan", data, "--image-size", "32", "--cache-dir", cache,
-                     limit=2**30).returncode == 0  # the cache warm: training writes the run
-    named = _one_line_naming(_imgclass("train", data, "--out", tmp_path / "run2", *small,
-                                       limit=200_000), tmp_path / "run2")
+    assert (
+        _imgclass("scan", data, "--image-size", "32", "--cache-dir", cache, limit=2**30).returncode
+        == 0
+    )  # the cache warm: training writes the run
+    named = _one_line_naming(
+        _imgclass("train", data, "--out", tmp_path / "run2", *small, limit=200_000),
+        tmp_path / "run2",
+    )
     assert named.suffix == ".safetensors"
 
 
 @pytest.mark.parametrize("command", ["evaluate", "report", "export", "prepare"])
-def test_a_full_disk_in_the_commands_after_training_is_one_line(trained_run, tmp_path,
-                                                                 command):
+def test_a_full_disk_in_the_commands_after_training_is_one_line(trained_run, tmp_path, command):
     if command == "prepare":
         data = make_class_tree(tmp_path / "data", per_class=2, size=64)
         result = _imgclass("prepare", data, "--out", tmp_path / "out", limit=1000)
@@ -84,8 +94,18 @@ def test_a_read_only_disk_is_one_line_and_v_keeps_the_traceback(tmp_path, monkey
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    args = ["train", str(data), "--out", str(out), "--recipe", "seed", "--epochs", "1",
-            "--image-size", "8"]
+    args = [
+        "train",
+        str(data),
+        "--out",
+        str(out),
+        "--recipe",
+        "seed",
+        "--epochs",
+        "1",
+        "--image-size",
+        "8",
+    ]
     quiet = CliRunner().invoke(main, args)
     assert quiet.exit_code == 1
     assert quiet.output.strip().splitlines()[-1] == f"Error: {out}: Read-only file system"

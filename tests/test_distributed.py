@@ -40,15 +40,21 @@ def test_ranks_see_disjoint_samples_covering_the_split(n, batch_size, world):
     seen = []
     for rank in range(world):
         order = epoch_order(labels, runtime.generator(5, "shuffle"))
-        seen.append([y.tolist() for _, y in iterate_batches(
-            pixels, labels, batch_size, order=order, shard=Context(rank, world).batches)])
+        seen.append(
+            [
+                y.tolist()
+                for _, y in iterate_batches(
+                    pixels, labels, batch_size, order=order, shard=Context(rank, world).batches
+                )
+            ]
+        )
     steps = {len(batches) for batches in seen}
     assert steps == {len(batch_bounds(n, batch_size, world))}, "the same steps on every rank"
     flat = [i for batches in seen for batch in batches for i in batch]
     assert sorted(flat) == list(range(n)), "disjoint, and together the whole split"
     order = epoch_order(labels, runtime.generator(5, "shuffle"))
     single = [y.tolist() for _, y in iterate_batches(pixels, labels, batch_size, order=order)]
-    for step, batch in enumerate(single[:len(seen[0]) - 1]):  # full global batches
+    for step, batch in enumerate(single[: len(seen[0]) - 1]):  # full global batches
         assert sorted(sum((s[step] for s in seen), [])) == sorted(batch)
         assert {len(s[step]) for s in seen} == {batch_size // world}
     last = [len(s[-1]) for s in seen]
@@ -78,10 +84,16 @@ def test_the_environment_of_torchrun(monkeypatch):
 
 
 def test_each_rank_gets_its_own_random_states_back():
-    states = {"shuffle": torch.tensor([1]), "augment": torch.tensor([2]),
-              "augment@rank1": torch.tensor([3]), "augment@rank2": torch.tensor([4])}
-    assert Context(0, 3).own_rng(states) == {"shuffle": states["shuffle"],
-                                              "augment": states["augment"]}
+    states = {
+        "shuffle": torch.tensor([1]),
+        "augment": torch.tensor([2]),
+        "augment@rank1": torch.tensor([3]),
+        "augment@rank2": torch.tensor([4]),
+    }
+    assert Context(0, 3).own_rng(states) == {
+        "shuffle": states["shuffle"],
+        "augment": states["augment"],
+    }
     second = Context(2, 3).own_rng(states)
     assert second["augment"] is states["augment@rank2"] and "augment@rank1" not in second
     assert distributed.SINGLE.gather_rng(states) is states
@@ -89,9 +101,23 @@ def test_each_rank_gets_its_own_random_states_back():
 
 def _torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV} | (env or {})
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "imgclass", *args],
-                          capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "imgclass",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 def _history(run: Path) -> list[dict]:
@@ -99,8 +125,14 @@ def _history(run: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-OPTIONS = {"recipe": "seed", "image_size": 16, "epochs": 2, "batch_size": 8, "seed": 1,
-           "precision": "fp32"}
+OPTIONS = {
+    "recipe": "seed",
+    "image_size": 16,
+    "epochs": 2,
+    "batch_size": 8,
+    "seed": 1,
+    "precision": "fp32",
+}
 # tolerance, 2 processes vs 1 at every epoch. They differ by BatchNorm statistics (over 4 images
 # per rank instead of 8), augmentation and dropout draws; measured: |val_loss| 0.003, |train_loss|
 # 0.06 (epoch 1), val_acc equal. A rank training alone (no gradient averaging) or twice the
@@ -113,8 +145,14 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     single = train(data, tmp_path / "one", cache_dir=tmp_path / "cache", **OPTIONS)
     options = [str(x) for k, v in OPTIONS.items() for x in (f"--{k.replace('_', '-')}", v)]
     run = tmp_path / "two"
-    done = _torchrun("train", str(data), "--out", str(run), *options,
-                     env={"IMGCLASS_CACHE_DIR": str(tmp_path / "cache")})
+    done = _torchrun(
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        *options,
+        env={"IMGCLASS_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     # a valid run directory, written once by rank 0
@@ -127,7 +165,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["processes"] == 2 and config["threads"] == max(1, runtime.usable_cores() // 2)
     assert json.loads((run / "split.json").read_text()) == json.loads(
-        (single.run_dir / "split.json").read_text())
+        (single.run_dir / "split.json").read_text()
+    )
 
     # the same optimisation as one process with the same global batch, within TOLERANCE
     one, two = _history(single.run_dir), _history(run)

@@ -18,7 +18,8 @@ def test_metrics_on_a_known_case():
     assert m.accuracy == pytest.approx(4 / 6)
     assert m.confusion == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert m.per_class["a"] == pytest.approx(
-        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
     assert m.per_class["b"]["f1"] == pytest.approx(0.8)
     assert m.per_class["c"]["f1"] == 0
     assert m.macro_f1 == pytest.approx((2 / 3 + 0.8 + 0) / 3)
@@ -34,11 +35,16 @@ def test_metrics_are_scikit_learns(n_classes, n, seed):
     labels = list(range(n_classes))
     m = classification_metrics(y_true, y_pred, [str(c) for c in labels])
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+        y_true, y_pred, labels=labels, zero_division=0
+    )
     assert m.confusion == confusion_matrix(y_true, y_pred, labels=labels).tolist()
     for c in labels:
-        assert m.per_class[str(c)] == {"precision": precision[c], "recall": recall[c],
-                                       "f1": f1[c], "support": support[c]}
+        assert m.per_class[str(c)] == {
+            "precision": precision[c],
+            "recall": recall[c],
+            "f1": f1[c],
+            "support": support[c],
+        }
 
 
 def test_evaluate_defaults_to_the_runs_validation_split(trained_run):
@@ -54,8 +60,12 @@ def test_evaluate_defaults_to_the_runs_validation_split(trained_run):
 
 
 def test_evaluate_on_other_data_maps_classes_by_name(trained_run, tmp_path):
-    other = make_class_tree(tmp_path / "other", per_class=5, seed=9,
-                            classes={"red": (200, 40, 30), "blue": (30, 60, 200)})
+    other = make_class_tree(
+        tmp_path / "other",
+        per_class=5,
+        seed=9,
+        classes={"red": (200, 40, 30), "blue": (30, 60, 200)},
+    )
     m = evaluate(trained_run, other, out=tmp_path / "eval")
     assert m.count == 10 and m.classes == ["blue", "green", "red"]
     assert m.per_class["green"]["support"] == 0 and m.accuracy >= 0.9

@@ -89,8 +89,12 @@ def test_metadata_beside_the_model(exported_onnx, trained_run):
     run_meta = json.loads((trained_run / "model.json").read_text())
     for key in ("classes", "image_size", "normalisation", "resize", "tta_flip", "architecture"):
         assert document[key] == run_meta[key]
-    assert document["input"]["shape"] == ["batch", 3, run_meta["image_size"],
-                                          run_meta["image_size"]]
+    assert document["input"]["shape"] == [
+        "batch",
+        3,
+        run_meta["image_size"],
+        run_meta["image_size"],
+    ]
     assert document["metrics"] == json.loads((trained_run / "metrics.json").read_text())
     graph = onnx.load(str(exported_onnx)).graph
     assert [i.name for i in graph.input] == ["pixels"]
@@ -125,15 +129,17 @@ def test_onnx_without_its_metadata_or_broken_is_a_clear_error(exported_onnx, tmp
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(exported_onnx.read_bytes()[:1000])
     shutil.copy(metadata_path(exported_onnx), metadata_path(broken))
-    with pytest.raises(CheckpointError, match=r"broken\.onnx: damaged or changed since its "
-                                              r"export .*export it again"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"broken\.onnx: damaged or changed since its "
+        r"export .*export it again",
+    ):
         Predictor(broken)
     document = json.loads(metadata_path(broken).read_text())  # its hash recorded: still broken
     document["onnx_sha256"] = hashlib.sha256(broken.read_bytes()).hexdigest()
     metadata_path(broken).write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match=r"broken\.onnx: not a loadable ONNX model"):
         Predictor(broken)
-
 
 
 @pytest.mark.precision
@@ -221,8 +227,16 @@ def test_predictor_asked_for_another_tta_than_the_export_runs_pytorch(trained_ru
 
 def test_no_export_and_a_failed_export_leave_a_working_run(tmp_path, monkeypatch, caplog):
     data = make_class_tree(tmp_path / "d", per_class=6)
-    plain = train(data, tmp_path / "plain", cache_dir=tmp_path / "c", image_size=16, epochs=1,
-                  batch_size=8, export=False, recipe="seed")
+    plain = train(
+        data,
+        tmp_path / "plain",
+        cache_dir=tmp_path / "c",
+        image_size=16,
+        epochs=1,
+        batch_size=8,
+        export=False,
+        recipe="seed",
+    )
     assert not (plain.run_dir / "model.onnx").exists()
     assert Predictor(plain.run_dir).backend == "pytorch"
 
@@ -231,8 +245,15 @@ def test_no_export_and_a_failed_export_leave_a_working_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(export, "export_onnx", failing)
     with caplog.at_level(logging.WARNING, logger="imgclass"):
-        failed = train(data, tmp_path / "failed", cache_dir=tmp_path / "c", image_size=16,
-                       epochs=1, batch_size=8, recipe="seed")
+        failed = train(
+            data,
+            tmp_path / "failed",
+            cache_dir=tmp_path / "c",
+            image_size=16,
+            epochs=1,
+            batch_size=8,
+            recipe="seed",
+        )
     assert "model.onnx not written (exporter says no)" in caplog.text
     assert (failed.run_dir / "metrics.json").is_file()
     assert not (failed.run_dir / "model.onnx").exists()
@@ -270,15 +291,21 @@ def test_a_damaged_or_relabelled_model_never_answers(trained_run, tmp_path, capl
     document = json.loads(metadata_path(alone).read_text())
     document["classes"] = document["classes"][::-1]
     metadata_path(alone).write_text(json.dumps(document))
-    with pytest.raises(CheckpointError, match=r"alone\.onnx: the classes in alone\.onnx\.json "
-                                              r"\(.*\) are not those exported in the file"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"alone\.onnx: the classes in alone\.onnx\.json "
+        r"\(.*\) are not those exported in the file",
+    ):
         Predictor(alone)
 
     meta = json.loads((run / "model.json").read_text())  # a run's class list reordered
     (run / "model.json").write_text(json.dumps({**meta, "classes": meta["classes"][::-1]}))
     for backend in ("auto", "pytorch"):
-        with pytest.raises(CheckpointError, match=r"model\.json: its classes .* are not those "
-                                                  r"saved with the weights"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"model\.json: its classes .* are not those "
+            r"saved with the weights",
+        ):
             Predictor(run, backend=backend)
 
 
@@ -290,10 +317,12 @@ def test_the_readme_onnx_script_reproduces_predict(trained_run, tmp_path):
     script = block.split("```")[0]
     photo = make_class_tree(tmp_path / "d", per_class=1, size=96, seed=5) / "red" / "red_000.jpg"
     script = script.replace("runs/animals6/model.onnx", str(trained_run / "model.onnx")).replace(
-        '"photo.jpg"', repr(str(photo)))
+        '"photo.jpg"', repr(str(photo))
+    )
     scope: dict = {}
     exec(compile(script, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
     [expected] = Predictor(trained_run, backend="onnx").predict(str(photo), top_k=3)
     got = dict(zip(scope["classes"], scope["probabilities"].tolist()))
-    assert [got[label] for label in expected.labels] == pytest.approx(expected.probabilities,
-                                                                      abs=1e-6)
+    assert [got[label] for label in expected.labels] == pytest.approx(
+        expected.probabilities, abs=1e-6
+    )

@@ -25,8 +25,14 @@ pytestmark = pytest.mark.filterwarnings("error")
 REASONS = tuple(value for name, value in vars(images).items() if name.startswith("REASON_"))
 SIZE = (12, 10)
 MAX_PIXELS = 4_000_000  # a mutated header may claim a huge image: refuse it cheaply
-SIGNATURES = [b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"II*\x00",
-              b"RIFF\x00\x01\x00\x00WEBPVP8 "]
+SIGNATURES = [
+    b"\xff\xd8\xff\xe0",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"RIFF\x00\x01\x00\x00WEBPVP8 ",
+]
 FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 

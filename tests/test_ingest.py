@@ -260,11 +260,14 @@ def test_encrypted_oversized_and_bomb_members_refused(tmp_path, caplog):
     assert why["raw-img/gatto/bomb.jpg"].endswith("refused")
 
     none_left = f"^no image files inside class folders in {archive}$"  # every member refused
-    with caplog.at_level(logging.WARNING, logger="imgclass"), pytest.raises(ValueError,
-                                                                            match=none_left):
+    with (
+        caplog.at_level(logging.WARNING, logger="imgclass"),
+        pytest.raises(ValueError, match=none_left),
+    ):
         prepare([archive], tmp_path / "small", max_member_bytes=100)
     assert "skipped raw-img/gatto/ok.jpg: 633 bytes, over max_member_bytes (100): refused" in (
-        caplog.text)
+        caplog.text
+    )
 
 
 def test_size_caps_on_folder_files_and_source_totals(tmp_path):
@@ -359,8 +362,11 @@ def test_real_animals10_archives(tmp_path):
 def test_sources_without_any_image_are_an_error_that_says_why(tmp_path):
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    with pytest.raises(ValueError, match=f"^no image files inside class folders in {broken}; "
-                                         f"{broken}: not a readable zip archive"):
+    with pytest.raises(
+        ValueError,
+        match=f"^no image files inside class folders in {broken}; "
+        f"{broken}: not a readable zip archive",
+    ):
         prepare([broken], tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="^no image files inside class folders in "):

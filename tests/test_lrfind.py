@@ -28,11 +28,29 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
 def test_sweep_writes_only_its_outputs_and_stops_on_divergence(class_tree, tmp_path):
     before = sorted(p for p in class_tree.rglob("*"))
     out = tmp_path / "lrf"
-    cli = CliRunner().invoke(main, [
-        "lr-find", str(class_tree), "--out", str(out), "--recipe", "seed", "--image-size", "16",
-        "--batch-size", "4",
-        "--steps", "30", "--start-lr", "1e-5", "--end-lr", "1e4",
-        "--cache-dir", str(tmp_path / "cache")])
+    cli = CliRunner().invoke(
+        main,
+        [
+            "lr-find",
+            str(class_tree),
+            "--out",
+            str(out),
+            "--recipe",
+            "seed",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--steps",
+            "30",
+            "--start-lr",
+            "1e-5",
+            "--end-lr",
+            "1e4",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert sorted(p for p in class_tree.rglob("*")) == before
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.csv", "lr_find.json", "lr_find.png"]
@@ -43,6 +61,5 @@ def test_sweep_writes_only_its_outputs_and_stops_on_divergence(class_tree, tmp_p
     assert np.allclose(np.diff(np.log(lrs)), np.log(1e9) / 29)  # a constant factor per step
     assert lrs[0] <= summary["suggested_lr"] <= lrs[-1] and summary["steps"] == len(rows)
     assert f"suggested learning rate: {summary['suggested_lr']:.3g}" in cli.output
-    bad = CliRunner().invoke(main, ["lr-find", str(class_tree), "--out", str(out), "--steps",
-                                    "2"])
+    bad = CliRunner().invoke(main, ["lr-find", str(class_tree), "--out", str(out), "--steps", "2"])
     assert bad.exit_code == 1 and "steps >= 3" in bad.output

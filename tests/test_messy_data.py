@@ -68,12 +68,19 @@ def test_load_dataset_reports_everything_and_leaves_conflicts_out(tmp_path):
     assert report.empty_classes == ["broken", "empty"]
     assert ODD_NAME in dataset.paths and "red/Zoë's 猫.jpg" in dataset.paths
     assert [g.paths for g in report.duplicates] == [
-        ["blue/blue_000.jpg", "blue/copy 0.jpg", "blue/copy 1.jpg", "blue/copy 2.jpg",
-         "blue/copy 3.jpg"],
+        [
+            "blue/blue_000.jpg",
+            "blue/copy 0.jpg",
+            "blue/copy 1.jpg",
+            "blue/copy 2.jpg",
+            "blue/copy 3.jpg",
+        ],
         ["blue/blue_003.jpg", "blue/inside.jpg"],
-        ["green/green_001.jpg", "green/sub/again.jpg"]]
+        ["green/green_001.jpg", "green/sub/again.jpg"],
+    ]
     assert [(g.classes, g.paths) for g in report.conflicts] == [
-        (["green", "red"], ["green/actually_red.jpg", "red/red_000.jpg"])]
+        (["green", "red"], ["green/actually_red.jpg", "red/red_000.jpg"])
+    ]
     as_json = json.loads(json.dumps(report.to_dict(), ensure_ascii=False))
     assert as_json["conflicts"][0]["classes"] == ["green", "red"]
 
@@ -88,8 +95,9 @@ def test_scan_command_prints_the_report_without_training(tmp_path, monkeypatch):
     work = tmp_path / "cwd"  # an empty working folder: scan writes nothing there (no runs/)
     work.mkdir()
     monkeypatch.chdir(work)
-    result = CliRunner().invoke(main, ["scan", str(data), "--image-size", "8",
-                                       "--out", str(tmp_path / "scan.json")])
+    result = CliRunner().invoke(
+        main, ["scan", str(data), "--image-size", "8", "--out", str(tmp_path / "scan.json")]
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     lines = out.splitlines()
@@ -134,8 +142,11 @@ def test_a_messy_tree_trains_with_no_leakage_and_a_scan_report(tmp_path):
     split = json.loads((run / "split.json").read_text())
     train_files, val_files = split["train"], split["val"]
     assert not {e["sha256"] for e in train_files} & {e["sha256"] for e in val_files}
-    copies = {e["path"] for e in train_files + val_files if e["sha256"] == hashlib.sha256(
-        (data / "blue" / "blue_000.jpg").read_bytes()).hexdigest()}
+    copies = {
+        e["path"]
+        for e in train_files + val_files
+        if e["sha256"] == hashlib.sha256((data / "blue" / "blue_000.jpg").read_bytes()).hexdigest()
+    }
     assert len(copies) == 5
     every = {e["path"]: e["label"] for e in train_files + val_files}
     assert every[ODD_NAME] == "red" and every["red/Zoë's 猫.jpg"] == "red"
@@ -154,15 +165,30 @@ def test_a_run_is_never_written_into_nor_read_as_data(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=4)
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     for out in (data / "run", data / "red" / "run", data):
-        result = CliRunner().invoke(main, ["train", str(data), "--out", str(out),
-                                           "--epochs", "1", "--image-size", "8"])
+        result = CliRunner().invoke(
+            main, ["train", str(data), "--out", str(out), "--epochs", "1", "--image-size", "8"]
+        )
         assert result.exit_code == 1, result.output
         assert f"--out {out} is inside the data folder {data}" in result.output
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
 
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(run), "--epochs", "1",
-                                       "--image-size", "8", "--no-export", "--recipe", "seed"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(data),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--image-size",
+            "8",
+            "--no-export",
+            "--recipe",
+            "seed",
+        ],
+    )
     assert result.exit_code == 0, result.output
     shutil.copytree(run, data / "old-run")  # a run put among the classes
     shutil.copytree(run, data / "red" / "old-run")  # and inside a class
@@ -187,8 +213,10 @@ def test_max_pixels_gives_the_same_data_whatever_the_cache_holds(tmp_path):
     for dataset in (cold, warm):
         assert dataset.paths == cold.paths and "red/large.png" not in dataset.paths
         assert {s.path: s.reason for s in dataset.skipped}["red/large.png"] == (
-            "too many pixels (120 x 90 > 10000)")
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
-                                       "--max-pixels", "0"])
+            "too many pixels (120 x 90 > 10000)"
+        )
+    result = CliRunner().invoke(
+        main, ["train", str(data), "--out", str(tmp_path / "run"), "--max-pixels", "0"]
+    )
     assert result.exit_code == 2 and "--max-pixels" in result.output
     assert not (tmp_path / "run").exists()

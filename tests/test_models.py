@@ -8,8 +8,11 @@ from imgclass.models.summary import model_summary
 def test_seed_cnn_has_the_reference_parameter_count():
     model = build_model("seed_cnn", num_classes=6, image_size=64)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    running = sum(b.numel() for name, b in model.named_buffers()
-                  if name.endswith(("running_mean", "running_var")))
+    running = sum(
+        b.numel()
+        for name, b in model.named_buffers()
+        if name.endswith(("running_mean", "running_var"))
+    )
     assert trainable == 8_763_910
     assert running == 896
     assert count_parameters(model) == 8_764_806

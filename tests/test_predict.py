@@ -22,12 +22,13 @@ from tests.conftest import make_class_tree
 def test_predict_preprocessing_is_the_validation_tensor(trained_run, tmp_path):
     data = make_class_tree(tmp_path / "d", per_class=2, size=37)
     dataset = load_dataset(data, 16, cache_dir=tmp_path / "cache")
-    validation_x, _ = next(iterate_batches(torch.from_numpy(dataset.pixels),
-                                           torch.from_numpy(dataset.labels), 64))
+    validation_x, _ = next(
+        iterate_batches(torch.from_numpy(dataset.pixels), torch.from_numpy(dataset.labels), 64)
+    )
     predictor = Predictor(trained_run)
     for row, path in enumerate(dataset.paths):
         x = predictor.preprocess(data / path)
-        assert torch.equal(x, validation_x[row:row + 1])
+        assert torch.equal(x, validation_x[row : row + 1])
 
 
 def test_predict_files_and_folders_with_top_k(trained_run, tmp_path):
@@ -36,7 +37,12 @@ def test_predict_files_and_folders_with_top_k(trained_run, tmp_path):
     predictor = Predictor(trained_run)
     results = predictor.predict([data / "blue" / "blue_000.jpg", data / "red"], top_k=2)
     assert [r.path.rsplit("/", 1)[-1] for r in results] == [
-        "blue_000.jpg", "notes.txt", "red_000.jpg", "red_001.jpg", "red_002.jpg"]
+        "blue_000.jpg",
+        "notes.txt",
+        "red_000.jpg",
+        "red_001.jpg",
+        "red_002.jpg",
+    ]
     good = [r for r in results if r.error is None]
     assert all(len(r.labels) == 2 and r.probabilities[0] >= r.probabilities[1] for r in good)
     assert [r.label for r in good] == ["blue", "red", "red", "red"]
@@ -75,8 +81,20 @@ def test_predict_command_csv_and_jsonl_from_onnx(exported_onnx, trained_run, tmp
     data = make_class_tree(tmp_path / "d", per_class=2, seed=5)
     (data / "blue" / "notes.txt").write_text("not an image")
     expected = Predictor(trained_run, precision="fp32").predict([data], top_k=2)  # as ONNX
-    result = CliRunner().invoke(main, ["predict", str(exported_onnx), str(data), "--top-k", "2",
-                                       "--format", "csv", "--batch-size", "4"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(exported_onnx),
+            str(data),
+            "--top-k",
+            "2",
+            "--format",
+            "csv",
+            "--batch-size",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["path"] for r in rows] == [p.path for p in expected]
@@ -86,8 +104,9 @@ def test_predict_command_csv_and_jsonl_from_onnx(exported_onnx, trained_run, tmp
         if not want.error:
             assert float(row["probability_1"]) == pytest.approx(want.probabilities[0], abs=1e-4)
     assert "1 files skipped" in result.stderr
-    result = CliRunner().invoke(main, ["predict", str(exported_onnx), str(data / "blue"),
-                                       "--format", "jsonl"])
+    result = CliRunner().invoke(
+        main, ["predict", str(exported_onnx), str(data / "blue"), "--format", "jsonl"]
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [x["error"] for x in lines] == [None, None, "not an image (unrecognised format)"]
 
@@ -100,16 +119,36 @@ def test_special_files_are_skipped_never_opened(trained_run, tmp_path):
     photos = make_class_tree(tmp_path / "photos", per_class=1, seed=3)
     os.mkfifo(photos / "red" / "pipe.jpg")
     os.mkfifo(tmp_path / "alone.jpg")
-    command = [sys.executable, "-m", "imgclass", "predict", str(trained_run),
-               str(tmp_path / "alone.jpg"), str(photos), "--format", "jsonl"]
+    command = [
+        sys.executable,
+        "-m",
+        "imgclass",
+        "predict",
+        str(trained_run),
+        str(tmp_path / "alone.jpg"),
+        str(photos),
+        "--format",
+        "jsonl",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = {Path(row["path"]).name: row for row in map(json.loads, done.stdout.splitlines())}
     assert rows["alone.jpg"]["error"] == rows["pipe.jpg"]["error"] == "not a regular file"
     assert sum(row["error"] is None for row in rows.values()) == 3
-    done = subprocess.run([sys.executable, "-m", "imgclass", "prepare", str(photos), "--out",
-                           str(tmp_path / "prepared")], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgclass",
+            "prepare",
+            str(photos),
+            "--out",
+            str(tmp_path / "prepared"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "prepared" / "red" / "pipe.jpg").exists()
     assert len(list((tmp_path / "prepared").rglob("*.jpg"))) == 3
@@ -136,17 +175,26 @@ def test_predict_takes_one_path_images_in_memory_and_lists_of_them(trained_run, 
     [one] = predictor.predict(str(png), top_k=3)
     assert one.path == str(png) and one.error is None and len(one.labels) == 3
     assert [r.path for r in predictor(str(data / "blue"))] == [
-        str(data / "blue" / f"blue_00{i}.jpg") for i in range(2)]  # callable; a folder expanded
+        str(data / "blue" / f"blue_00{i}.jpg") for i in range(2)
+    ]  # callable; a folder expanded
     image = Image.open(png)
     array = np.asarray(image.convert("RGB"))
     results = predictor([image, array, png, array[None].repeat(2, axis=0)], top_k=3)
-    assert [r.path for r in results] == ["<image 0>", "<image 1>", str(png), "<image 2>",
-                                         "<image 3>"]
+    assert [r.path for r in results] == [
+        "<image 0>",
+        "<image 1>",
+        str(png),
+        "<image 2>",
+        "<image 3>",
+    ]
     for result in results:
         assert result.labels == one.labels
         assert result.probabilities == pytest.approx(one.probabilities, abs=1e-6)
-    with pytest.raises(ValueError, match=r"an image array is \(H, W, 3\) uint8 RGB; got "
-                                         r"\(24, 24\) uint8"):
+    with pytest.raises(
+        ValueError,
+        match=r"an image array is \(H, W, 3\) uint8 RGB; got "
+        r"\(24, 24\) uint8",
+    ):
         predictor(array[:, :, 0])
     with pytest.raises(TypeError, match="predict takes paths, PIL images or uint8 arrays; got int"):
         predictor([3])

@@ -31,16 +31,16 @@ def presplit(tmp_path):
 def test_split_folders_are_the_split_and_test_is_reported(presplit, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="imgclass"):
         result = train(presplit, tmp_path / "run", **OPTIONS)
-    assert (f"{presplit}: split already: training on train/, validating on valid/, testing on "
-            "test/") in caplog.text
+    assert (
+        f"{presplit}: split already: training on train/, validating on valid/, testing on test/"
+    ) in caplog.text
     assert "training on 24 images, validating on 9, testing on 6 at the end" in caplog.text
     assert result.classes == ["blue", "green", "red"]
     split = json.loads((result.run_dir / "split.json").read_text())
     assert split["given"] == {"train": "train", "val": "valid", "test": "test"}
     for side, folder, count in (("train", "train", 24), ("val", "valid", 9), ("test", "test", 6)):
         assert len(split[side]) == count
-        assert all(entry["path"].startswith(f"{folder}/{entry['label']}/")
-                   for entry in split[side])
+        assert all(entry["path"].startswith(f"{folder}/{entry['label']}/") for entry in split[side])
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["train_images"] == 24 and metrics["val_images"] == 9
     assert metrics["test_images"] == 6 and 0 <= metrics["test_accuracy"] <= 1
@@ -85,12 +85,15 @@ def test_folders_named_like_sides_but_holding_images_are_classes(tmp_path):
 
 
 def test_a_class_without_training_images_and_copies_across_sides(presplit, tmp_path, caplog):
-    shutil.copy(next((presplit / "train" / "red").iterdir()), presplit / "valid" / "red" /
-                "copy.jpg")
+    shutil.copy(
+        next((presplit / "train" / "red").iterdir()), presplit / "valid" / "red" / "copy.jpg"
+    )
     with caplog.at_level(logging.WARNING, logger="imgclass"):
         train(presplit, tmp_path / "run", **OPTIONS)
-    assert ("1 images of valid/ have the same content as a training image: its accuracy is not "
-            "a held-out figure") in caplog.text
+    assert (
+        "1 images of valid/ have the same content as a training image: its accuracy is not "
+        "a held-out figure"
+    ) in caplog.text
     make_class_tree(presplit / "valid", per_class=2, classes={"purple": (128, 0, 128)})
     with pytest.raises(DataError, match=r"^no training images \(train/\) for class purple$"):
         train(presplit, tmp_path / "run2", **OPTIONS)
@@ -100,4 +103,5 @@ def test_scan_says_which_layout_it_found(presplit):
     result = CliRunner().invoke(main, ["scan", str(presplit), "--image-size", "8"])
     assert result.exit_code == 0, result.output
     assert "split already: training on train/, validating on valid/, testing on test/" in (
-        result.output)
+        result.output
+    )

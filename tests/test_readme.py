@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _readme_commands() -> list[str]:
     lines = (ROOT / "README.md").read_text().splitlines()
     start = lines.index("```bash")
-    return lines[start + 1:lines.index("```", start)]
+    return lines[start + 1 : lines.index("```", start)]
 
 
 def test_readme_opens_with_the_two_setup_commands():

@@ -28,10 +28,19 @@ from tests.service import running_service
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMAND = re.compile(r"^(imgclass|torchrun|curl) ")
-ITALIAN = {"gatto": (200, 60, 40), "gallina": (40, 160, 60), "mucca": (40, 60, 200),
-           "cane": (200, 200, 40), "cavallo": (160, 40, 200), "ragno": (40, 200, 200)}
-PLACEHOLDERS = {"DATA": "data/animals6", "RUN": "runs/animals6",
-                "../shared/datasets/animals10-raw": "drop"}
+ITALIAN = {
+    "gatto": (200, 60, 40),
+    "gallina": (40, 160, 60),
+    "mucca": (40, 60, 200),
+    "cane": (200, 200, 40),
+    "cavallo": (160, 40, 200),
+    "ragno": (40, 200, 200),
+}
+PLACEHOLDERS = {
+    "DATA": "data/animals6",
+    "RUN": "runs/animals6",
+    "../shared/datasets/animals10-raw": "drop",
+}
 SERVED = re.compile(r"(https?://)?(127\.0\.0\.1|localhost):8000")
 
 
@@ -62,8 +71,10 @@ def _why_not_here(command: str) -> str | None:
     if "--nnodes 2" in command:
         return "needs two machines"
     if command.startswith("torchrun") and "--resume" in command:
-        return ("continues a killed run (the run before it finished); tests/test_resume.py "
-                "kills and resumes runs")
+        return (
+            "continues a killed run (the run before it finished); tests/test_resume.py "
+            "kills and resumes runs"
+        )
     if command.startswith("curl") and not shutil.which("curl"):
         return "curl is not installed"
     return None
@@ -85,8 +96,7 @@ def folder(tmp_path_factory):
     with zipfile.ZipFile(root / "drop" / "football_test.zip", "w") as archive:
         archive.writestr("images/ball.jpg", b"not one of the classes")
     photos = [root / "drop" / f"{name}.zip" for name in ITALIAN]
-    for i, name in enumerate(("photo.jpg", "a.jpg", "b.jpg", "more-photos/x.jpg",
-                              "photos/y.jpg")):
+    for i, name in enumerate(("photo.jpg", "a.jpg", "b.jpg", "more-photos/x.jpg", "photos/y.jpg")):
         (root / name).parent.mkdir(exist_ok=True)
         with zipfile.ZipFile(photos[i]) as archive:
             (root / name).write_bytes(archive.read(archive.namelist()[0]))
@@ -118,8 +128,9 @@ def test_readme_command(command, folder, service, monkeypatch):
     if words[0] == "curl":
         url = getattr(service, "url", None)
         assert url, "the README's `imgclass serve` comes before its curl examples"
-        done = subprocess.run(["bash", "-c", SERVED.sub(url, command)], capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            ["bash", "-c", SERVED.sub(url, command)], capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         answer = json.loads(done.stdout)
         assert answer.get("predictions") or answer.get("outputs"), answer
@@ -128,8 +139,12 @@ def test_readme_command(command, folder, service, monkeypatch):
         service.url = service.enter_context(running_service(Path(words[2]), folder, *words[3:]))
         return
     if words[0] == "torchrun":
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", *words[1:]],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", *words[1:]],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return
     redirect = words.index(">") if ">" in words else None

@@ -17,12 +17,24 @@ from imgclass.training import train
 from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions, predict_validation
 from tests.conftest import make_class_tree
 
-SECTIONS = ["summary", "data", "config", "curves", "per-class", "confusion", "wrong",
-            "calibration", "augmented"]
+SECTIONS = [
+    "summary",
+    "data",
+    "config",
+    "curves",
+    "per-class",
+    "confusion",
+    "wrong",
+    "calibration",
+    "augmented",
+]
 # Class and file names a page must show as text, never run: every class has the same colour, so
 # the model cannot tell them apart and some validation images are predicted wrongly.
-NASTY = {"<b>bold": (120, 120, 120), 'quote"&amp;': (120, 120, 120),
-         "<svg onload=alert(1)>": (120, 120, 120)}
+NASTY = {
+    "<b>bold": (120, 120, 120),
+    'quote"&amp;': (120, 120, 120),
+    "<svg onload=alert(1)>": (120, 120, 120),
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +44,16 @@ def nasty_run(tmp_path_factory):
     data = make_class_tree(base / "data", per_class=10, size=20, classes=NASTY)
     odd = data / "<b>bold" / "<b>bold_000.jpg"
     odd.rename(odd.with_name("<img src=x onerror=alert(2)>.jpg"))
-    result = train(data, base / "run", image_size=16, epochs=2, batch_size=8, seed=3,
-                   val_split=0.4, recipe="seed")
+    result = train(
+        data,
+        base / "run",
+        image_size=16,
+        epochs=2,
+        batch_size=8,
+        seed=3,
+        val_split=0.4,
+        recipe="seed",
+    )
     return result.run_dir
 
 
@@ -81,8 +101,10 @@ def test_report_command_recomputes_missing_predictions_from_the_model(nasty_run,
     (gone / "config.json").write_text(json.dumps({**config, "data_dir": str(tmp_path / "no")}))
     result = CliRunner().invoke(main, ["report", str(gone)])
     assert result.exit_code == 0
-    assert f"report.html lacks augmented training samples: data folder {tmp_path / 'no'} not " \
-           "found" in result.output
+    assert (
+        f"report.html lacks augmented training samples: data folder {tmp_path / 'no'} not "
+        "found" in result.output
+    )
     again = ValPredictions.read(run / VAL_PREDICTIONS, sorted(NASTY))
     assert again.paths == stored.paths and (again.labels == stored.labels).all()
     assert np.allclose(again.probabilities, stored.probabilities, atol=1e-5)
@@ -94,7 +116,8 @@ def test_report_of_a_folder_that_is_no_run_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 1
     assert f"Error: {tmp_path / 'config.json'}: missing (is {tmp_path} an imgclass run?)" in (
-        result.output)
+        result.output
+    )
 
 
 def test_report_without_the_data_folder_says_which_images_are_missing(nasty_run, tmp_path):
@@ -104,8 +127,9 @@ def test_report_without_the_data_folder_says_which_images_are_missing(nasty_run,
     config["data_dir"] = str(gone)
     (run / "config.json").write_text(json.dumps(config))
     result = write_report(run)
-    assert any(line.startswith("wrong predictions:") and str(gone) in line
-               for line in result.missing)
+    assert any(
+        line.startswith("wrong predictions:") and str(gone) in line for line in result.missing
+    )
     assert any(line.startswith("augmented training samples:") for line in result.missing)
     html = result.path.read_text(encoding="utf-8")
     assert f"data folder {gone} not found" in html
@@ -117,8 +141,7 @@ def test_report_without_the_data_folder_says_which_images_are_missing(nasty_run,
     assert any(VAL_PREDICTIONS in line and "cannot be recomputed" in line for line in missing)
 
 
-def test_a_changed_validation_file_is_left_out_of_the_recomputed_predictions(nasty_run,
-                                                                              tmp_path):
+def test_a_changed_validation_file_is_left_out_of_the_recomputed_predictions(nasty_run, tmp_path):
     run = _copy(nasty_run, tmp_path)
     config = json.loads((run / "config.json").read_text())
     data = shutil.copytree(config["data_dir"], tmp_path / "data")
@@ -154,7 +177,8 @@ def test_report_renders_in_headless_chromium(nasty_run, browser):
         element = browser.find_element(By.ID, section)
         assert element.is_displayed() and element.size["height"] > 40, section
     images = browser.execute_script(
-        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
+    )
     assert len(images) >= 3 + 2  # class counts, curves, reliability; thumbnails; samples
     assert all(complete and width > 0 for complete, width, _ in images), images
     assert "<svg onload=alert(1)>" in browser.find_element(By.ID, "confusion").text

@@ -29,9 +29,18 @@ from tests.test_training import RUN_FILES, assert_same_results
 # 96 training images in batches of 4: an epoch is a second or two of real work on a small CPU
 # and the options whose state lives in the checkpoint beyond the seed recipe's: AdamW, a cosine
 # schedule (SequentialLR), the balanced sampler, MixUp/CutMix/erasing from the augment stream
-OPTIONS = {"recipe": "seed", "image_size": 16, "epochs": 3, "batch_size": 4, "seed": 3,
-           "precision": "fp32", "optimizer": "adamw", "schedule": "cosine", "warmup": 0.2,
-           "sampler": "balanced"}
+OPTIONS = {
+    "recipe": "seed",
+    "image_size": 16,
+    "epochs": 3,
+    "batch_size": 4,
+    "seed": 3,
+    "precision": "fp32",
+    "optimizer": "adamw",
+    "schedule": "cosine",
+    "warmup": 0.2,
+    "sampler": "balanced",
+}
 AUGMENT = {"mixup": 0.4, "cutmix": 1.0, "random_erasing": 0.3}
 
 
@@ -51,12 +60,26 @@ def reference(data) -> Path:
 
 
 def _start(data: Path, run: Path) -> subprocess.Popen:
-    options = [str(x) for k, v in {**OPTIONS, **AUGMENT}.items()
-               for x in (f"--{k.replace('_', '-')}", v)]
+    options = [
+        str(x) for k, v in {**OPTIONS, **AUGMENT}.items() for x in (f"--{k.replace('_', '-')}", v)
+    ]
     return subprocess.Popen(
-        [sys.executable, "-m", "imgclass", "train", str(data), "--out", str(run),
-         "--cache-dir", str(data.parent / "cache"), *options],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "imgclass",
+            "train",
+            str(data),
+            "--out",
+            str(run),
+            "--cache-dir",
+            str(data.parent / "cache"),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _in_second_epoch(process: subprocess.Popen, run: Path) -> None:
@@ -88,7 +111,7 @@ def test_a_killed_run_resumes_to_the_same_result(data, reference, tmp_path):
     result = train(resume=run, cache_dir=data.parent / "cache")
     assert not result.interrupted and result.history[-1].epoch == OPTIONS["epochs"]
     # the saved epochs were continued, not trained again (their timings are the killed run's)
-    assert [h.seconds for h in result.history[:len(saved)]] == [h["seconds"] for h in saved]
+    assert [h.seconds for h in result.history[: len(saved)]] == [h["seconds"] for h in saved]
     assert_same_results(reference, run)
 
 
@@ -109,8 +132,9 @@ def test_ctrl_c_saves_the_run_and_resume_finishes_it(data, reference, tmp_path):
         assert (run / name).is_file(), name
     assert load_model(run).meta.classes == ["blue", "green", "red"]
 
-    result = CliRunner().invoke(main, ["train", "--resume", str(run),
-                                       "--cache-dir", str(data.parent / "cache")])
+    result = CliRunner().invoke(
+        main, ["train", "--resume", str(run), "--cache-dir", str(data.parent / "cache")]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((run / "metrics.json").read_text())["interrupted"] is False
     assert_same_results(reference, run)
@@ -120,8 +144,9 @@ def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     run = tmp_path / "run"
     # its checkpoint kept: as a run killed while writing its files (before metrics.json) has it
-    first = train(data, run, image_size=8, epochs=1, batch_size=4, keep_checkpoint=True,
-                  recipe="seed")
+    first = train(
+        data, run, image_size=8, epochs=1, batch_size=4, keep_checkpoint=True, recipe="seed"
+    )
     with pytest.raises(ValueError, match="leave out out, epochs"):
         train(out=tmp_path / "x", resume=run, epochs=2)
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--lr", "0.1"])
@@ -151,12 +176,27 @@ def test_ctrl_c_in_the_export_skips_it_and_the_report(tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "export_onnx", interrupted)
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(run), "--epochs", "1",
-                                       "--image-size", "8", "--batch-size", "4",
-                                       "--recipe", "seed"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(data),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--image-size",
+            "8",
+            "--batch-size",
+            "4",
+            "--recipe",
+            "seed",
+        ],
+    )
     assert result.exit_code == 130, result.output
-    assert (f"write what it skipped with: imgclass export {run}; imgclass report {run}"
-            in result.output)
+    assert (
+        f"write what it skipped with: imgclass export {run}; imgclass report {run}" in result.output
+    )
     assert json.loads((run / "metrics.json").read_text())["interrupted"] is False
     assert not (run / "model.onnx").exists() and not (run / "report.html").exists()
 

@@ -26,15 +26,21 @@ def test_user_files_in_out_are_never_overwritten(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=4)
     mine = tmp_path / "mine"
     mine.mkdir()
-    files = {"config.json": '{"mine": true}', "metrics.json": "{}", "history.csv": "a,b\n",
-             "report.html": "<p>my report</p>"}
+    files = {
+        "config.json": '{"mine": true}',
+        "metrics.json": "{}",
+        "history.csv": "a,b\n",
+        "report.html": "<p>my report</p>",
+    }
     for name, text in files.items():
         (mine / name).write_text(text)
     for extra in ((), ("--overwrite",)):
         result = _train(data, mine, *extra)
         assert result.exit_code == 1, result.output
-        assert (f"{mine}: holds files that are not an imgclass run (config.json, history.csv, "
-                "metrics.json, ...)") in result.output
+        assert (
+            f"{mine}: holds files that are not an imgclass run (config.json, history.csv, "
+            "metrics.json, ...)"
+        ) in result.output
     assert {p.name: p.read_text() for p in mine.iterdir()} == files
 
     early = tmp_path / "early"  # what a run that failed before describing itself leaves
@@ -52,16 +58,25 @@ def test_one_training_per_folder_and_a_killed_one_leaves_it_free(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from imgclass.rundir import locked\n"
-         "with locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)",
-         str(out)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from imgclass.rundir import locked\n"
+            "with locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         result = _train(data, out)
         assert result.exit_code == 1, result.output
-        assert (f"{out}: another imgclass process (pid {holder.pid}) is training into it"
-                in result.output)
+        assert (
+            f"{out}: another imgclass process (pid {holder.pid}) is training into it"
+            in result.output
+        )
         assert not (out / "config.json").exists()  # nothing of the second run was written
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # a killed holder: its lock dies with it
@@ -80,12 +95,19 @@ def test_a_write_killed_half_done_is_removed_when_the_run_goes_on(tmp_path, monk
     assert _train(data, run, "--epochs", "2").exit_code == 130  # interrupted: resumable
     monkeypatch.undo()
     writer = subprocess.Popen(  # killed inside atomic.write_with, as a checkpoint's save can be
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from imgclass import atomic\n"
-         "def write(tmp):\n    tmp.write_bytes(bytes(10**6)); print('writing', flush=True); "
-         "time.sleep(120)\n"
-         "atomic.write_with(Path(sys.argv[1]) / 'checkpoint.safetensors', write)", str(run)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from imgclass import atomic\n"
+            "def write(tmp):\n    tmp.write_bytes(bytes(10**6)); print('writing', flush=True); "
+            "time.sleep(120)\n"
+            "atomic.write_with(Path(sys.argv[1]) / 'checkpoint.safetensors', write)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout.readline().strip() == "writing"
     finally:

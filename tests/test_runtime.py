@@ -28,11 +28,14 @@ print(grown, kept, rss_mib())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or runtime._glibc_function("mallopt")
-                    is None, reason="the allocator settings are glibc's (Linux)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or runtime._glibc_function("mallopt") is None,
+    reason="the allocator settings are glibc's (Linux)",
+)
 def test_freed_memory_stays_until_released():
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True
+    ).stdout
     grown, kept, released = map(float, out.split()[-3:])
     assert kept > grown - 32, "freed memory was handed back at once: the setting is not in effect"
     assert released < kept - 200

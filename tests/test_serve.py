@@ -31,10 +31,13 @@ def _expected(model, paths, top_k=2, precision="auto"):
 def _answers(body):
     """/predict's entries as (labels, probabilities); each names its class's index too."""
     classes = ["blue", "green", "red"]  # trained_run's, in the model's order
-    assert all(t["index"] == classes.index(t["label"]) for p in body["predictions"]
-               for t in p["top"])
-    return [([t["label"] for t in p["top"]], [t["probability"] for t in p["top"]])
-            for p in body["predictions"]]
+    assert all(
+        t["index"] == classes.index(t["label"]) for p in body["predictions"] for t in p["top"]
+    )
+    return [
+        ([t["label"] for t in p["top"]], [t["probability"] for t in p["top"]])
+        for p in body["predictions"]
+    ]
 
 
 def _same(answers, expected):
@@ -69,8 +72,9 @@ def test_predict_multipart_raw_and_several(served_run, trained_run, photos):
     assert status == 200 and answer["predictions"][0]["name"] == paths[0].name
     _same(_answers(answer), expected[:1])
 
-    status, answer = request(f"{served_run}/predict", paths[1].read_bytes(),
-                             {"Content-Type": "image/jpeg"})
+    status, answer = request(
+        f"{served_run}/predict", paths[1].read_bytes(), {"Content-Type": "image/jpeg"}
+    )
     assert status == 200
     _same(_answers(answer), expected[1:2])
 
@@ -85,8 +89,9 @@ def test_sixteen_concurrent_clients_are_batched(served_run, trained_run, photos)
     before = request(f"{served_run}/health")[1]
 
     def post(path):
-        return request(f"{served_run}/predict", path.read_bytes(),
-                       {"Content-Type": "application/octet-stream"})
+        return request(
+            f"{served_run}/predict", path.read_bytes(), {"Content-Type": "application/octet-stream"}
+        )
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(post, paths))
@@ -108,17 +113,34 @@ def test_bad_requests_get_clear_4xx_and_the_service_stays_up(served_run, photos)
     raw = {"Content-Type": "application/octet-stream"}
     cases = [  # (body, headers, method, path, status, words in the detail)
         (b"just some text", raw, "POST", "/predict", 415, "not an image"),
-        (jpeg[:len(jpeg) // 3], raw, "POST", "/predict", 422, "truncated"),
+        (jpeg[: len(jpeg) // 3], raw, "POST", "/predict", 422, "truncated"),
         (b"", raw, "POST", "/predict", 400, "empty"),
         (*multipart([("photo", "a.jpg", jpeg)]), "POST", "/predict", 422, "no image field"),
         (*multipart([("file", "empty.jpg", b"")]), "POST", "/predict", 400, "empty.jpg: empty"),
-        (*multipart([("file", "ok.jpg", jpeg), ("file", "text.jpg", b"hello")]), "POST",
-         "/predict", 415, "text.jpg: not an image"),
-        (np.random.default_rng(0).bytes(1_200_000), raw, "POST", "/predict", 413,
-         "larger than 1048576 bytes"),
+        (
+            *multipart([("file", "ok.jpg", jpeg), ("file", "text.jpg", b"hello")]),
+            "POST",
+            "/predict",
+            415,
+            "text.jpg: not an image",
+        ),
+        (
+            np.random.default_rng(0).bytes(1_200_000),
+            raw,
+            "POST",
+            "/predict",
+            413,
+            "larger than 1048576 bytes",
+        ),
         (_png(1001, 1000), raw, "POST", "/predict", 413, "too many pixels (1001 x 1000"),
-        (b"not multipart at all", {"Content-Type": "multipart/form-data; boundary=x"}, "POST",
-         "/predict", 400, "malformed multipart"),
+        (
+            b"not multipart at all",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            "POST",
+            "/predict",
+            400,
+            "malformed multipart",
+        ),
         (None, {}, "GET", "/predict", 405, "Method Not Allowed"),
         (jpeg, raw, "PUT", "/predict", 405, "Method Not Allowed"),
         (jpeg, raw, "POST", "/predict?top_k=0", 422, ""),
@@ -138,8 +160,13 @@ def test_chunked_upload_over_the_limit_gets_413(served_run):
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     chunks = (b"x" * 65536 for _ in range(24))  # 1.5 MiB against a 1 MiB limit
     try:
-        connection.request("POST", "/predict", body=chunks, encode_chunked=True,
-                           headers={"Content-Type": "application/octet-stream"})
+        connection.request(
+            "POST",
+            "/predict",
+            body=chunks,
+            encode_chunked=True,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         response = connection.getresponse()
         assert response.status == 413 and b"larger than" in response.read()
     except (BrokenPipeError, ConnectionResetError):  # the server may answer and close earlier
@@ -163,7 +190,8 @@ def test_serve_an_onnx_file(exported_onnx, trained_run, photos, tmp_path):
 
 
 def test_a_client_gone_mid_upload_is_a_log_line_and_a_cut_multipart_body_is_400(
-        trained_run, photos, tmp_path):
+    trained_run, photos, tmp_path
+):
     """Issue 13.12, against a server process of its own (its log is read)."""
     import socket
     import time
@@ -171,18 +199,18 @@ def test_a_client_gone_mid_upload_is_a_log_line_and_a_cut_multipart_body_is_400(
     jpeg = next(photos.rglob("*.jpg")).read_bytes()
     with running_service(trained_run, tmp_path) as url:
         body, headers = multipart([("file", "a.jpg", jpeg)])
-        cut = body[:body.rindex(b"--imgclass-test-boundary")]  # no closing boundary
+        cut = body[: body.rindex(b"--imgclass-test-boundary")]  # no closing boundary
         status, answer = request(f"{url}/predict", cut, headers)
         assert status == 400, answer
-        assert answer["detail"] == ("malformed multipart body: it ends before its closing "
-                                    "boundary")
+        assert answer["detail"] == ("malformed multipart body: it ends before its closing boundary")
         parts = urlsplit(url)
-        for kind, payload in (("application/octet-stream", jpeg), (headers["Content-Type"],
-                                                                     body)):
+        for kind, payload in (("application/octet-stream", jpeg), (headers["Content-Type"], body)):
             with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-                sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
-                             f"Content-Length: {len(payload) + 100_000}\r\n\r\n".encode()
-                             + payload)  # ... and gone before the rest
+                sock.sendall(
+                    f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n"
+                    f"Content-Length: {len(payload) + 100_000}\r\n\r\n".encode()
+                    + payload
+                )  # ... and gone before the rest
             time.sleep(0.5)
         assert request(f"{url}/health")[1]["status"] == "ok"
         time.sleep(0.5)
@@ -193,8 +221,11 @@ def test_a_client_gone_mid_upload_is_a_log_line_and_a_cut_multipart_body_is_400(
 
 
 def _infer(url: str, name: str, call: dict) -> tuple[int, dict]:
-    return request(f"{url}/v2/models/{name}/infer", json.dumps(call).encode(),
-                   {"Content-Type": "application/json"})
+    return request(
+        f"{url}/v2/models/{name}/infer",
+        json.dumps(call).encode(),
+        {"Content-Type": "application/json"},
+    )
 
 
 def test_the_open_inference_protocol(served_run, trained_run, photos):
@@ -209,18 +240,32 @@ def test_the_open_inference_protocol(served_run, trained_run, photos):
     predictor = Predictor(trained_run)
     size = predictor.meta.image_size
     assert status == 200 and meta["name"] == name
-    assert meta["inputs"][0] == {"name": "image", "datatype": "UINT8",
-                                 "shape": [-1, size, size, 3]}
+    assert meta["inputs"][0] == {"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]}
     assert {o["name"]: o["shape"] for o in meta["outputs"]} == {
-        "probabilities": [-1, 3], "label": [-1], "index": [-1]}
+        "probabilities": [-1, 3],
+        "label": [-1],
+        "index": [-1],
+    }
     assert meta["parameters"]["classes"] == predictor.classes
 
     paths = sorted(photos.rglob("*.jpg"))[:3]
     pixels = np.stack([predictor.load_pixels(p) for p in paths])  # what the model takes
     want = predictor.predict_pixels(pixels)
-    status, answer = _infer(served_run, name, {"id": "a-1", "inputs": [
-        {"name": "image", "shape": list(pixels.shape), "datatype": "UINT8",
-         "data": pixels.ravel().tolist()}]})
+    status, answer = _infer(
+        served_run,
+        name,
+        {
+            "id": "a-1",
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(pixels.shape),
+                    "datatype": "UINT8",
+                    "data": pixels.ravel().tolist(),
+                }
+            ],
+        },
+    )
     assert status == 200 and answer["id"] == "a-1" and answer["model_name"] == name
     outputs = {o["name"]: o for o in answer["outputs"]}
     assert outputs["probabilities"]["shape"] == [3, 3]
@@ -229,30 +274,89 @@ def test_the_open_inference_protocol(served_run, trained_run, photos):
     assert outputs["label"]["data"] == [predictor.classes[i] for i in want.argmax(axis=1)]
 
     encoded = [base64.b64encode(p.read_bytes()).decode("ascii") for p in paths]
-    status, answer = _infer(served_run, name, {
-        "inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": encoded}],
-        "outputs": [{"name": "label"}]})
+    status, answer = _infer(
+        served_run,
+        name,
+        {
+            "inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": encoded}],
+            "outputs": [{"name": "label"}],
+        },
+    )
     assert status == 200 and "id" not in answer
-    assert answer["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [3],
-                                  "data": [p.label for p in predictor.predict(paths)]}]
+    assert answer["outputs"] == [
+        {
+            "name": "label",
+            "datatype": "BYTES",
+            "shape": [3],
+            "data": [p.label for p in predictor.predict(paths)],
+        }
+    ]
 
     bad = [  # (model, request, status, words of the error)
         ("nope", {"inputs": []}, 404, "no model 'nope'"),
         (name, {"inputs": "x"}, 400, "not an inference request"),
-        (name, {"inputs": [{"name": "image", "shape": [1, 8, 8, 3], "datatype": "UINT8",
-                            "data": [0] * 192}]}, 400, f"[N, {size}, {size}, 3]"),
-        (name, {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
-                            "data": [encoded[0]]}]}, 400, "shape [2] holds 2 values, data has 1"),
-        (name, {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                            "data": ["%%%"]}]}, 400, "not a base64 string"),
-        (name, {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                            "data": [base64.b64encode(b"text").decode()]}]}, 415,
-         "image_bytes[0]: not an image"),
-        (name, {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
-         400, "datatype FP32 not served"),
-        (name, {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                            "data": [encoded[0]]}], "outputs": [{"name": "logits"}]}, 400,
-         "no output 'logits'"),
+        (
+            name,
+            {
+                "inputs": [
+                    {"name": "image", "shape": [1, 8, 8, 3], "datatype": "UINT8", "data": [0] * 192}
+                ]
+            },
+            400,
+            f"[N, {size}, {size}, 3]",
+        ),
+        (
+            name,
+            {
+                "inputs": [
+                    {"name": "image", "shape": [2], "datatype": "BYTES", "data": [encoded[0]]}
+                ]
+            },
+            400,
+            "shape [2] holds 2 values, data has 1",
+        ),
+        (
+            name,
+            {
+                "inputs": [
+                    {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}
+                ]
+            },
+            400,
+            "not a base64 string",
+        ),
+        (
+            name,
+            {
+                "inputs": [
+                    {
+                        "name": "image_bytes",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "data": [base64.b64encode(b"text").decode()],
+                    }
+                ]
+            },
+            415,
+            "image_bytes[0]: not an image",
+        ),
+        (
+            name,
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+            400,
+            "datatype FP32 not served",
+        ),
+        (
+            name,
+            {
+                "inputs": [
+                    {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [encoded[0]]}
+                ],
+                "outputs": [{"name": "logits"}],
+            },
+            400,
+            "no output 'logits'",
+        ),
     ]
     for model, call, want_status, words in bad:
         status, answer = _infer(served_run, model, call)

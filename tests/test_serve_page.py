@@ -21,12 +21,17 @@ def _cards(browser, count: int, timeout: float = 60) -> dict[str, dict]:
         cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
         if len(cards) < count or any(c.get_attribute("data-state") == "pending" for c in cards):
             return None
-        return {c.get_attribute("data-name"): {
-            "state": c.get_attribute("data-state"),
-            "label": c.find_element(By.CSS_SELECTOR, ".label").text,
-            "bars": [b.get_attribute("data-label") for b in c.find_elements(By.CSS_SELECTOR,
-                                                                             ".bar")],
-            "text": c.text} for c in cards}
+        return {
+            c.get_attribute("data-name"): {
+                "state": c.get_attribute("data-state"),
+                "label": c.find_element(By.CSS_SELECTOR, ".label").text,
+                "bars": [
+                    b.get_attribute("data-label") for b in c.find_elements(By.CSS_SELECTOR, ".bar")
+                ],
+                "text": c.text,
+            }
+            for c in cards
+        }
 
     return WebDriverWait(browser, timeout).until(read)
 
@@ -64,8 +69,9 @@ def test_pick_photos_and_read_their_labels(browser, served_run, trained_run, tmp
     assert card["state"] == "error" and "415" in card["text"] and "not an image" in card["text"]
 
 
-def test_the_drop_zone_is_one_box_and_a_dropped_photo_shows_its_bars(browser, served_run,
-                                                                     trained_run, tmp_path):
+def test_the_drop_zone_is_one_box_and_a_dropped_photo_shows_its_bars(
+    browser, served_run, trained_run, tmp_path
+):
     """Issue 14.4: what a person sees. The drop zone was an inline <label> with a border and
     padding: its box broke into one dashed fragment per line of text."""
     from selenium.webdriver.common.by import By
@@ -73,19 +79,24 @@ def test_the_drop_zone_is_one_box_and_a_dropped_photo_shows_its_bars(browser, se
     browser.get(f"{served_run}/")
     drop = browser.find_element(By.ID, "drop")
     boxes = browser.execute_script(
-        "return Array.from(arguments[0].getClientRects(), r => [r.width, r.height])", drop)
+        "return Array.from(arguments[0].getClientRects(), r => [r.width, r.height])", drop
+    )
     width = browser.execute_script("return document.querySelector('main').clientWidth")
     assert len(boxes) == 1, boxes  # one box, not fragments
     assert boxes[0][0] >= 0.8 * width - 48 and 60 <= boxes[0][1] <= 250, boxes
     photo = _photos(tmp_path)[0]
-    browser.execute_script("""
+    browser.execute_script(
+        """
         const [name, data] = arguments;
         const transfer = new DataTransfer();
         transfer.items.add(new File([Uint8Array.from(atob(data), c => c.charCodeAt(0))], name,
                                     {type: "image/jpeg"}));
         document.getElementById("drop").dispatchEvent(
             new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
-    """, photo.name, base64.b64encode(photo.read_bytes()).decode("ascii"))
+    """,
+        photo.name,
+        base64.b64encode(photo.read_bytes()).decode("ascii"),
+    )
     card = _cards(browser, 1)[photo.name]
     expected = Predictor(trained_run).predict(photo, top_k=2)[0]
     assert card["state"] == "done" and card["bars"] == expected.labels

@@ -36,8 +36,12 @@ def test_one_class_or_single_image_class_is_a_clear_error():
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.integers(2, 60), min_size=2, max_size=8), st.floats(0.05, 0.6),
-       st.integers(0, 2**32 - 1), st.randoms(use_true_random=False))
+@given(
+    st.lists(st.integers(2, 60), min_size=2, max_size=8),
+    st.floats(0.05, 0.6),
+    st.integers(0, 2**32 - 1),
+    st.randoms(use_true_random=False),
+)
 def test_the_sample_is_scikit_learns_draw_for_draw(counts, fraction, seed, shuffle):
     """Splits made with scikit-learn's train_test_split stay the same (earlier runs' split.json,
     the figures in docs/), whatever scikit-learn is installed."""
@@ -46,8 +50,9 @@ def test_the_sample_is_scikit_learns_draw_for_draw(counts, fraction, seed, shuff
     n_val = max(round(fraction * len(labels)), len(counts))
     if len(labels) - n_val < len(counts):
         return
-    _, expected = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels,
-                                   random_state=seed)
+    _, expected = train_test_split(
+        np.arange(len(labels)), test_size=n_val, stratify=labels, random_state=seed
+    )
     assert np.array_equal(np.sort(_stratified_sample(labels, n_val, seed)), np.sort(expected))
 
 
@@ -65,8 +70,9 @@ def _shares_are_within_one_image(keys_labels: np.ndarray, val_keys: np.ndarray) 
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.lists(st.integers(2, 40), min_size=2, max_size=6), st.floats(0.1, 0.5),
-       st.integers(0, 2**31))
+@given(
+    st.lists(st.integers(2, 40), min_size=2, max_size=6), st.floats(0.1, 0.5), st.integers(0, 2**31)
+)
 def test_without_duplicates_the_split_is_stratified_to_within_one_image(counts, fraction, seed):
     labels = np.repeat(np.arange(len(counts)), counts)
     if max(round(fraction * len(labels)), len(counts)) > len(labels) - len(counts):
@@ -107,8 +113,11 @@ def test_a_class_whose_images_are_all_one_content_is_a_clear_error():
 
 
 def test_a_class_without_images_is_named_not_trained():
-    with pytest.raises(DataError, match=r"^classes without images: dog, fox; add images or "
-                                        r"remove the folders \(imgclass scan lists them\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^classes without images: dog, fox; add images or "
+        r"remove the folders \(imgclass scan lists them\)$",
+    ):
         stratified_split(np.array([0, 0, 2, 2]), 0.5, 0, classes=["cat", "dog", "emu", "fox"])
 
 
@@ -120,9 +129,12 @@ def test_training_on_a_tree_with_an_empty_class_folder_is_one_line(tmp_path):
 
     data = make_class_tree(tmp_path / "data", per_class=4)
     (data / "empty").mkdir()
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
-                                       "--epochs", "1", "--image-size", "8"])
+    result = CliRunner().invoke(
+        main,
+        ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "8"],
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         "Error: class without images: empty; add images or remove the folder (imgclass scan "
-        "lists them)")
+        "lists them)"
+    )

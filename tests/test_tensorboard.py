@@ -26,7 +26,8 @@ def test_event_files_hold_the_history(tmp_path):
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx(
-            [float(row[column]) for row in history], rel=1e-6)
+            [float(row[column]) for row in history], rel=1e-6
+        )
 
 
 def test_without_tensorboard_only_the_csv(tmp_path, monkeypatch):

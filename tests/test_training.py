@@ -17,9 +17,20 @@ from imgclass.data import split as split_module
 from imgclass.training import EarlyStopping, train
 from tests.conftest import make_class_tree
 
-RUN_FILES = ["config.json", "split.json", "model.safetensors", "model.json", "history.csv",
-             "metrics.json", "curves.png", "confusion.png", "confusion.json", "evaluation.json",
-             "skipped.json", "train.log"]
+RUN_FILES = [
+    "config.json",
+    "split.json",
+    "model.safetensors",
+    "model.json",
+    "history.csv",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    "confusion.json",
+    "evaluation.json",
+    "skipped.json",
+    "train.log",
+]
 
 
 def test_early_stopping_keeps_the_lowest_validation_loss_and_waits_patience_epochs():
@@ -62,8 +73,7 @@ def test_undecodable_file_is_skipped_named_and_counted(tmp_path, caplog):
     (data / "red" / "truncated.jpg").write_bytes((data / "red" / "red_000.jpg").read_bytes()[:200])
     (data / "blue" / "page.jpg").write_text("<html></html>")
     with caplog.at_level(logging.WARNING, logger="imgclass"):
-        result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4,
-                       recipe="seed")
+        result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4, recipe="seed")
     assert result.metrics["skipped_files"] == 2
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {s["path"] for s in skipped} == {"red/truncated.jpg", "blue/page.jpg"}
@@ -75,16 +85,19 @@ TIMINGS = {"seconds", "images_per_s", "data_wait", "train_seconds", "total_secon
 
 def assert_same_results(run_a: Path, run_b: Path) -> None:
     """Two run folders hold the same split, history, metrics and weights (timings aside)."""
+
     def read(run, name):
         return json.loads((run / name).read_text())
 
     assert read(run_a, "split.json") == read(run_b, "split.json")
     rows_a, rows_b = (list(csv.DictReader((run / "history.csv").open())) for run in (run_a, run_b))
-    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_a] == \
-        [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_b]  # as text: bit-exact
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in TIMINGS} for r in rows_b
+    ]  # as text: bit-exact
     metrics_a, metrics_b = (
         {k: v for k, v in read(run, "metrics.json").items() if k not in TIMINGS}
-        for run in (run_a, run_b))
+        for run in (run_a, run_b)
+    )
     assert metrics_a == metrics_b
     assert read(run_a, "evaluation.json") == read(run_b, "evaluation.json")
     weights_a, weights_b = (load_file(run / "model.safetensors") for run in (run_a, run_b))
@@ -97,16 +110,19 @@ def test_same_seed_same_split_and_metrics(tmp_path, monkeypatch):
         module, name = plot.split(".")
         monkeypatch.setattr(f"imgclass.{module}.{name}", lambda *args: None)
     data = make_class_tree(tmp_path / "data", per_class=6)
-    args = dict(image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32", export=False,
-                recipe="seed")
+    args = dict(
+        image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32", export=False, recipe="seed"
+    )
     train(data, tmp_path / "a", **args)
     train(data, tmp_path / "b", **args)
     assert_same_results(tmp_path / "a", tmp_path / "b")
     # and each random stream matters: were one left unseeded, the runs above would differ
     seeded = runtime.stream_seed
     for stream in ("split", "shuffle", "augment", "init"):
+
         def other_seed(seed, name, stream=stream):
             return seeded(seed + (name == stream), name)
+
         monkeypatch.setattr(runtime, "stream_seed", other_seed)
         monkeypatch.setattr(split_module, "stream_seed", other_seed)
         train(data, tmp_path / stream, **args)
@@ -124,8 +140,15 @@ def test_max_pixels_skips_a_huge_image_with_its_reason(tmp_path):
 
     data = make_class_tree(tmp_path / "data", per_class=6)
     Image.new("RGB", (400, 300), (200, 40, 30)).save(data / "red" / "huge.png")
-    result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4,
-                   max_pixels=100_000, recipe="seed")
+    result = train(
+        data,
+        tmp_path / "run",
+        image_size=8,
+        epochs=1,
+        batch_size=4,
+        max_pixels=100_000,
+        recipe="seed",
+    )
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {"path": "red/huge.png", "reason": "too many pixels (400 x 300 > 100000)"} in skipped
     assert result.metrics["skipped_files"] == 1
@@ -136,10 +159,25 @@ def test_every_regularisation_option_together_trains_and_learns(tmp_path):
     warm-up: a run completes, reports macro-F1 and still learns three colours. (TrivialAugment
     is left out here: its saturation, solarize and posterize ops erase the only cue, colour.)"""
     data = make_class_tree(tmp_path / "data", per_class=10)
-    result = train(data, tmp_path / "run", recipe="seed", image_size=16, epochs=6, batch_size=8,
-                   seed=2, optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup=0.2,
-                   lr=2e-3, label_smoothing=0.1, class_weights="auto", sampler="balanced",
-                   patience=0, augment={"random_erasing": 0.25, "mixup": 0.4, "cutmix": 1.0})
+    result = train(
+        data,
+        tmp_path / "run",
+        recipe="seed",
+        image_size=16,
+        epochs=6,
+        batch_size=8,
+        seed=2,
+        optimizer="adamw",
+        weight_decay=0.01,
+        schedule="cosine",
+        warmup=0.2,
+        lr=2e-3,
+        label_smoothing=0.1,
+        class_weights="auto",
+        sampler="balanced",
+        patience=0,
+        augment={"random_erasing": 0.25, "mixup": 0.4, "cutmix": 1.0},
+    )
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["augment"]["mixup"] == 0.4 and config["augment"]["hflip"] is True
     rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
@@ -149,8 +187,15 @@ def test_every_regularisation_option_together_trains_and_learns(tmp_path):
     # training accuracy (against the dominant label of each mixed target)
     assert result.metrics["best_val_acc"] >= 0.99 and result.metrics["best_val_macro_f1"] >= 0.99
     assert float(rows[-1]["train_acc"]) >= 0.75
-    ta = train(data, tmp_path / "ta", recipe="seed", image_size=16, epochs=1, batch_size=8,
-               augment={"trivial_augment": True})
+    ta = train(
+        data,
+        tmp_path / "ta",
+        recipe="seed",
+        image_size=16,
+        epochs=1,
+        batch_size=8,
+        augment={"trivial_augment": True},
+    )
     assert len(ta.history) == 1 and 0 < ta.history[0].train_loss < 10
 
 
@@ -167,10 +212,10 @@ def test_auto_class_weights_balance_the_loss():
     assert class_weights(labels, 3, TrainConfig(), Device.select("fp32")) is None
 
 
-def test_train_shows_progress_where_someone_watches_and_is_quiet_when_asked(tmp_path,
-                                                                           monkeypatch):
+def test_train_shows_progress_where_someone_watches_and_is_quiet_when_asked(tmp_path, monkeypatch):
     """Issue 14.3: imgclass.train draws tqdm.auto's bars (a widget in a notebook, a line in a
     terminal, nothing in a log file) unless progress=False."""
+
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True

@@ -28,8 +28,7 @@ from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions
 from tests.conftest import ctrl_c_after_epoch, make_class_tree
 from tests.service import request, running_service
 
-OPTIONS = {"recipe": "transfer", "image_size": 32, "epochs": 6, "patience": 0,
-           "precision": "fp32"}
+OPTIONS = {"recipe": "transfer", "image_size": 32, "epochs": 6, "patience": 0, "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,9 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
     assert (folder / ONNX_FILE).is_file()  # extracted by ONNX Runtime on the CPU
     config = json.loads((first.run_dir / "config.json").read_text())
     weights = imagenet_file("tf_efficientnet_lite0")
-    assert config["pretrained_weights"]["sha256"] == hashlib.sha256(
-        weights.read_bytes()).hexdigest()
+    assert (
+        config["pretrained_weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    )
     assert config["cached_features"] and config["model"] == "tf_efficientnet_lite0"
 
     # one model from pixels to classes: the backbone with the trained head
@@ -75,10 +75,12 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
     graph = onnx.load(str(first.run_dir / "model.onnx")).graph  # the cached body + the head
     assert [node.op_type for node in graph.node][-2:] == ["Gemm", "Softmax"]
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    assert np.abs(onnx_side.predict_pixels(pixels)
-                  - pixels_side.predict_pixels(pixels)).max() < 1e-4
+    assert (
+        np.abs(onnx_side.predict_pixels(pixels) - pixels_side.predict_pixels(pixels)).max() < 1e-4
+    )
     assert evaluate(first.run_dir, out=tmp_path / "eval").accuracy == pytest.approx(
-        json.loads((first.run_dir / "metrics.json").read_text())["val_accuracy"])
+        json.loads((first.run_dir / "metrics.json").read_text())["val_accuracy"]
+    )
     assert (first.run_dir / "report.html").stat().st_size > 10_000
     with running_service(first.run_dir, tmp_path) as url:
         status, answer = request(f"{url}/predict", (data / validated.paths[0]).read_bytes())
@@ -101,16 +103,21 @@ def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
     resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
     a, b = load_model(whole.run_dir).model, load_model(resumed.run_dir).model
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                  b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_path,
-                                                                     monkeypatch):
+def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_path, monkeypatch):
     """--finetune-epochs N: after the head, every layer for N epochs on the images (the epochs
     numbered after the head's); a run cut in the fine-tuning stage resumes as the whole one."""
-    options = {**OPTIONS, "epochs": 3, "finetune_epochs": 2, "finetune_stages": 0,
-               "finetune_lr": 1e-3, "backbone_lr_scale": 0.1, "export": False}
+    options = {
+        **OPTIONS,
+        "epochs": 3,
+        "finetune_epochs": 2,
+        "finetune_stages": 0,
+        "finetune_lr": 1e-3,
+        "backbone_lr_scale": 0.1,
+        "export": False,
+    }
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
     assert [h.epoch for h in whole.history] == [1, 2, 3, 4, 5] and whole.restored_epoch == 5
     tuned = load_model(whole.run_dir).model
@@ -126,8 +133,12 @@ def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_pat
     (cut.run_dir / "metrics.json").unlink()  # as after a kill
     resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
-    assert all(torch.equal(x, y) for x, y in zip(
-        tuned.state_dict().values(), load_model(resumed.run_dir).model.state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(
+            tuned.state_dict().values(), load_model(resumed.run_dir).model.state_dict().values()
+        )
+    )
 
 
 def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeypatch, caplog):
@@ -136,8 +147,10 @@ def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeyp
     stay ImageNet's; the run's export holds the tuned layers; a cut run resumes as the whole."""
     options = {**OPTIONS, "epochs": 3, "finetune_epochs": 2}
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
-    assert "fine-tuning the last 2 stages on the activations below them: 38 training rows " \
-           "(each image and its mirror), 5 validation, 112x2x2 each" in caplog.text
+    assert (
+        "fine-tuning the last 2 stages on the activations below them: 38 training rows "
+        "(each image and its mirror), 5 validation, 112x2x2 each" in caplog.text
+    )
     assert [h.epoch for h in whole.history] == [1, 2, 3, 4, 5] and whole.restored_epoch == 5
     tuned = load_model(whole.run_dir).model.state_dict()
     pristine = Backbone("tf_efficientnet_lite0", 3)
@@ -152,11 +165,11 @@ def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeyp
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     onnx_probs = Predictor(whole.run_dir, backend="onnx").predict_pixels(pixels)
     torch_probs = Predictor(whole.run_dir, backend="pytorch", precision="fp32").predict_pixels(
-        pixels)  # the export is the tuned model, not the cached body with the head
+        pixels
+    )  # the export is the tuned model, not the cached body with the head
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
     metrics = json.loads((whole.run_dir / "metrics.json").read_text())
-    assert evaluate(whole.run_dir, cache_dir=tmp_path / "cache").accuracy == metrics[
-        "val_accuracy"]
+    assert evaluate(whole.run_dir, cache_dir=tmp_path / "cache").accuracy == metrics["val_accuracy"]
 
     ctrl_c_after_epoch(monkeypatch, 4)  # the first fine-tuning epoch
     cut = train(data, tmp_path / "cut", cache_dir=tmp_path / "cache", **options, export=False)
@@ -165,13 +178,20 @@ def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeyp
     (cut.run_dir / "metrics.json").unlink()  # as after a kill
     resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
-    assert all(torch.equal(tuned[k], v) for k, v in load_model(
-        resumed.run_dir).model.state_dict().items())
+    assert all(
+        torch.equal(tuned[k], v) for k, v in load_model(resumed.run_dir).model.state_dict().items()
+    )
 
 
 def test_lr_find_runs_on_cached_features(data, tmp_path):
-    result = lr_find(data, tmp_path / "lr", steps=12, cache_dir=tmp_path / "cache",
-                     **{k: v for k, v in OPTIONS.items() if k != "recipe"}, recipe="transfer")
+    result = lr_find(
+        data,
+        tmp_path / "lr",
+        steps=12,
+        cache_dir=tmp_path / "cache",
+        **{k: v for k, v in OPTIONS.items() if k != "recipe"},
+        recipe="transfer",
+    )
     assert len(result.losses) >= 3 and (tmp_path / "lr" / "lr_find.png").is_file()
 
 
@@ -183,20 +203,28 @@ def test_transfer_options_are_checked():
         build_config("transfer", tta_flip=True)
     with pytest.raises(ValueError, match="finetune_epochs fine-tune after the head"):
         build_config("fast", finetune_epochs=2)
-    with pytest.raises(ValueError, match="finetune_stages: resnet18 is not of timm's "
-                                         "EfficientNet family"):
+    with pytest.raises(
+        ValueError, match="finetune_stages: resnet18 is not of timm's EfficientNet family"
+    ):
         TopStages(Backbone("resnet18", 3), 2)
     with pytest.raises(ValueError, match="tf_efficientnet_lite0 has 7 stages, got 8"):
         TopStages(Backbone("tf_efficientnet_lite0", 3), 8)
     with pytest.raises(ValueError, match="backbone_lr_scale must be > 0"):
         build_config("transfer", backbone_lr_scale=0.0)
-    with pytest.raises(ValueError, match="the transfer recipe starts from pretrained weights, "
-                                         "which seed_cnn has none of: .* --recipe fast"):
+    with pytest.raises(
+        ValueError,
+        match="the transfer recipe starts from pretrained weights, "
+        "which seed_cnn has none of: .* --recipe fast",
+    ):
         build_config("transfer", model="seed_cnn")
     with pytest.raises(ValueError, match="need a pretrained backbone"):  # the user's own flag
         build_config("fast", model="seed_cnn", pretrained="imagenet")
-    for images_only in ({"mixup": 0.2}, {"cutmix": 1.0}, {"random_erasing": 0.25},
-                        {"trivial_augment": True}):  # never a silent no-op on features
+    for images_only in (
+        {"mixup": 0.2},
+        {"cutmix": 1.0},
+        {"random_erasing": 0.25},
+        {"trivial_augment": True},
+    ):  # never a silent no-op on features
         with pytest.raises(ValueError, match="act on images, but the head trains on cached"):
             build_config(augment=images_only)
         with pytest.raises(ValueError, match="act on images"):
@@ -212,9 +240,22 @@ def test_transfer_is_the_default_recipe_and_seed_one_flag_away(data, tmp_path):
     assert build_config("seed") == TrainConfig()
     with pytest.raises(ValueError, match=r"transfer recipe \(the default\) .* fast_resnet"):
         build_config(model="fast_resnet")
-    result = CliRunner().invoke(main, ["train", str(data), "--out", str(tmp_path / "run"),
-                                       "--image-size", "32", "--epochs", "2", "--no-export",
-                                       "--cache-dir", str(tmp_path / "cache")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--no-export",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"] == "transfer" and config["cached_features"]

@@ -33,11 +33,13 @@ def test_search_space_names_real_fields():
 
 def test_tune_writes_a_table_plot_and_recipe_and_continues(class_tree, tmp_path):
     out, cache = tmp_path / "tune", ["--cache-dir", str(tmp_path / "cache")]
-    result = CliRunner().invoke(main, ["tune", str(class_tree), "--trials", "2", "--out",
-                                       str(out), *OPTIONS, *cache])
+    result = CliRunner().invoke(
+        main, ["tune", str(class_tree), "--trials", "2", "--out", str(out), *OPTIONS, *cache]
+    )
     assert result.exit_code == 0, result.output
     assert {"study.db", "trials.csv", "history.png", "best_recipe.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["state"] for r in rows] == ["complete", "complete"]
     best = min(rows, key=lambda r: float(r["val_loss"]))
@@ -47,12 +49,27 @@ def test_tune_writes_a_table_plot_and_recipe_and_continues(class_tree, tmp_path)
     assert recipe.augment.zoom == pytest.approx(float(best["augment.zoom"]))
     assert (recipe.model, recipe.image_size, recipe.epochs) == ("fast_resnet", 16, 2)
 
-    again = CliRunner().invoke(main, ["tune", str(class_tree), "--trials", "3", "--out",
-                                      str(out), *OPTIONS, *cache])
+    again = CliRunner().invoke(
+        main, ["tune", str(class_tree), "--trials", "3", "--out", str(out), *OPTIONS, *cache]
+    )
     assert again.exit_code == 0, again.output
     assert len(list(csv.DictReader((out / "trials.csv").open()))) == 3  # one more, not three
-    other = CliRunner().invoke(main, ["tune", str(class_tree), "--trials", "3", "--out",
-                                      str(out), "--recipe", "seed", "--epochs", "2", *cache])
+    other = CliRunner().invoke(
+        main,
+        [
+            "tune",
+            str(class_tree),
+            "--trials",
+            "3",
+            "--out",
+            str(out),
+            "--recipe",
+            "seed",
+            "--epochs",
+            "2",
+            *cache,
+        ],
+    )
     assert other.exit_code == 1 and "another recipe" in other.output
 
 
@@ -88,8 +105,15 @@ def test_ctrl_c_stops_the_tune_and_keeps_the_study(class_tree, tmp_path, monkeyp
 
     monkeypatch.setattr("imgclass.tune.fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
-        tune(class_tree, tmp_path / "tune", 2, recipe="fast", image_size=16,
-             cache_dir=tmp_path / "cache")
-    study = optuna.load_study(study_name=STUDY_NAME,
-                              storage=f"sqlite:///{tmp_path / 'tune' / STUDY}")
+        tune(
+            class_tree,
+            tmp_path / "tune",
+            2,
+            recipe="fast",
+            image_size=16,
+            cache_dir=tmp_path / "cache",
+        )
+    study = optuna.load_study(
+        study_name=STUDY_NAME, storage=f"sqlite:///{tmp_path / 'tune' / STUDY}"
+    )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]

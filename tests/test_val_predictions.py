@@ -20,8 +20,12 @@ def test_calibration_error_is_the_bin_weighted_gap_between_confidence_and_accura
 
 def test_val_predictions_csv_round_trip_and_a_clear_error_for_other_classes(tmp_path):
     classes = ["a,b", 'say "x"', "c"]  # names the CSV must quote
-    stored = ValPredictions(classes, ["a,b/1.jpg", "c/\u00e9t\u00e9 2.jpg"], np.array([0, 2]),
-                            np.array([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]]))
+    stored = ValPredictions(
+        classes,
+        ["a,b/1.jpg", "c/\u00e9t\u00e9 2.jpg"],
+        np.array([0, 2]),
+        np.array([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]]),
+    )
     stored.write(tmp_path)
     again = ValPredictions.read(tmp_path / VAL_PREDICTIONS, classes)
     assert again.paths == stored.paths and (again.labels == stored.labels).all()

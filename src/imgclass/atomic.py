@@ -29,8 +29,9 @@ def remove_partial(folder: Path) -> list[Path]:
     return partial
 
 
-def write_with(dest: str | os.PathLike, write: Callable[[Path], object], *,
-               sync_dir: bool = False) -> None:
+def write_with(
+    dest: str | os.PathLike, write: Callable[[Path], object], *, sync_dir: bool = False
+) -> None:
     """Let `write(path)` fill a temporary file (a library's own save_file), then commit it.
 
     An OSError that names no file (a library writing into a file it opened: a full disk, a

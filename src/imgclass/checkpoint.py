@@ -47,18 +47,31 @@ class ModelMeta:
     image_size: int
     architecture: str
     # input = pixels (uint8, RGB, HxW squashed) * scale, then (x - mean) / std per channel
-    normalisation: dict = field(default_factory=lambda: {
-        "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]})
+    normalisation: dict = field(
+        default_factory=lambda: {"scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    )
     resize: str = "squash to image_size x image_size, bilinear (no crop)"
     tta_flip: bool = False  # predictions average the image and its mirror
     num_parameters: int = 0
     versions: dict = field(default_factory=dict)
 
     @classmethod
-    def describe(cls, model: nn.Module, classes: list[str], image_size: int,
-                 architecture: str, tta_flip: bool = False) -> ModelMeta:
-        return cls(list(classes), image_size, architecture, tta_flip=tta_flip,
-                   num_parameters=count_parameters(model), versions=_versions())
+    def describe(
+        cls,
+        model: nn.Module,
+        classes: list[str],
+        image_size: int,
+        architecture: str,
+        tta_flip: bool = False,
+    ) -> ModelMeta:
+        return cls(
+            list(classes),
+            image_size,
+            architecture,
+            tta_flip=tta_flip,
+            num_parameters=count_parameters(model),
+            versions=_versions(),
+        )
 
 
 @dataclass
@@ -69,8 +82,9 @@ class LoadedModel:
 
 def count_parameters(model: nn.Module) -> int:
     """Keras' count: weights plus BatchNorm running statistics (not PyTorch's batch counter)."""
-    buffers = sum(b.numel() for name, b in model.named_buffers()
-                  if not name.endswith("num_batches_tracked"))
+    buffers = sum(
+        b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked")
+    )
     return sum(p.numel() for p in model.parameters()) + buffers
 
 
@@ -95,8 +109,9 @@ def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                       sync_dir: bool = False) -> None:
+def _write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], sync_dir: bool = False
+) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {**metadata, "sha256": _digest(tensors, metadata)}
     atomic.write_with(path, lambda tmp: _save_file(tensors, tmp, metadata), sync_dir=sync_dir)
@@ -111,8 +126,10 @@ def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str,
         raise OSError(str(err)) from err
 
 
-def _read_safetensors(path: Path, checksum_required: bool = True,
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(
+    path: Path,
+    checksum_required: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file, its checksum verified."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
@@ -121,15 +138,18 @@ def _read_safetensors(path: Path, checksum_required: bool = True,
             metadata = dict(f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: truncated or not a safetensors file "
-                              f"({str(err).splitlines()[0]})") from err
+        raise CheckpointError(
+            f"{path}: truncated or not a safetensors file ({str(err).splitlines()[0]})"
+        ) from err
     expected = metadata.pop("sha256", None)
     if expected is None and checksum_required:
-        raise CheckpointError(f"{path}: no sha256 in its metadata (not written by imgclass, "
-                              "or tampered with)")
+        raise CheckpointError(
+            f"{path}: no sha256 in its metadata (not written by imgclass, or tampered with)"
+        )
     if expected is not None and expected != _digest(tensors, metadata):
-        raise CheckpointError(f"{path}: contents do not match their sha256 (damaged or "
-                              "tampered with)")
+        raise CheckpointError(
+            f"{path}: contents do not match their sha256 (damaged or tampered with)"
+        )
     return tensors, metadata
 
 
@@ -137,8 +157,9 @@ def save_model(folder: str | os.PathLike, model: nn.Module, meta: ModelMeta) -> 
     folder = Path(folder)
     # the classes travel with the weights (inside their checksum): model.json is checked
     # against them, so an edited or swapped class list is refused instead of mislabelling
-    _write_safetensors(folder / WEIGHTS, model.state_dict(),
-                       {"format": "pt", "classes": json.dumps(meta.classes)})
+    _write_safetensors(
+        folder / WEIGHTS, model.state_dict(), {"format": "pt", "classes": json.dumps(meta.classes)}
+    )
     atomic.write_json(folder / METADATA, asdict(meta))
 
 
@@ -166,8 +187,9 @@ def weights_digest(run: str | os.PathLike) -> str | None:
         with safe_open(weights, framework="pt") as f:
             return (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{weights}: truncated or not a safetensors file "
-                              f"({str(err).splitlines()[0]})") from err
+        raise CheckpointError(
+            f"{weights}: truncated or not a safetensors file ({str(err).splitlines()[0]})"
+        ) from err
 
 
 def load_model(run: str | os.PathLike) -> LoadedModel:
@@ -182,14 +204,17 @@ def load_model(run: str | os.PathLike) -> LoadedModel:
     state, metadata = _read_safetensors(weights, checksum_required=False)  # older: none
     saved = json.loads(metadata["classes"]) if "classes" in metadata else meta.classes
     if saved != meta.classes:
-        raise CheckpointError(f"{meta_file}: its classes ({', '.join(meta.classes)}) are not "
-                              f"those saved with the weights in {weights} "
-                              f"({', '.join(saved)}): edited or mixed up")
+        raise CheckpointError(
+            f"{meta_file}: its classes ({', '.join(meta.classes)}) are not "
+            f"those saved with the weights in {weights} "
+            f"({', '.join(saved)}): edited or mixed up"
+        )
     try:
         model.load_state_dict(state)
     except (RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{weights}: truncated or not matching {meta.architecture} "
-                              f"({str(err).splitlines()[0]})") from err
+        raise CheckpointError(
+            f"{weights}: truncated or not matching {meta.architecture} ({str(err).splitlines()[0]})"
+        ) from err
     model.eval()
     return LoadedModel(model.to(memory_format=torch.channels_last), meta)
 
@@ -211,11 +236,18 @@ class TrainingState:
     config: dict  # the TrainConfig of the run, as a dict
 
     @classmethod
-    def capture(cls, history: list[dict], stop: bool, model: nn.Module,
-                optimizer: torch.optim.Optimizer, schedule: LRScheduler | None,
-                streams: dict[str, torch.Generator],
-                best: tuple[float, int, dict[str, torch.Tensor] | None],
-                config: dict, copy_tensors: bool = True) -> TrainingState:
+    def capture(
+        cls,
+        history: list[dict],
+        stop: bool,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRScheduler | None,
+        streams: dict[str, torch.Generator],
+        best: tuple[float, int, dict[str, torch.Tensor] | None],
+        config: dict,
+        copy_tensors: bool = True,
+    ) -> TrainingState:
         """The state after the last epoch of history.
 
         copy_tensors: a copy, never views of the live tensors (False: views, for a state that
@@ -229,14 +261,26 @@ class TrainingState:
         if torch.cuda.is_available():
             rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
         return cls(
-            epoch=history[-1]["epoch"], stop=stop, history=list(history),
+            epoch=history[-1]["epoch"],
+            stop=stop,
+            history=list(history),
             model=keep(model.state_dict()),
             optimizer=keep(optimizer.state_dict()),
             schedule=keep(schedule.state_dict()) if schedule else None,
-            best_loss=best[0], best_epoch=best[1], best_model=best[2], rng=rng, config=config)
+            best_loss=best[0],
+            best_epoch=best[1],
+            best_model=best[2],
+            rng=rng,
+            config=config,
+        )
 
-    def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-              schedule: LRScheduler | None, streams: dict[str, torch.Generator]) -> None:
+    def apply(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LRScheduler | None,
+        streams: dict[str, torch.Generator],
+    ) -> None:
         """Load model, optimiser, schedule and random states; CheckpointError if they do not fit."""
         try:
             model.load_state_dict(self.model)
@@ -247,11 +291,13 @@ class TrainingState:
                 generator.set_state(self.rng[name])
             torch.set_rng_state(self.rng["torch"])
             if torch.cuda.is_available() and "cuda0" in self.rng:
-                torch.cuda.set_rng_state_all([self.rng[f"cuda{i}"]
-                                              for i in range(torch.cuda.device_count())])
+                torch.cuda.set_rng_state_all(
+                    [self.rng[f"cuda{i}"] for i in range(torch.cuda.device_count())]
+                )
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{CHECKPOINT}: does not fit this model and recipe "
-                                  f"({str(err).splitlines()[0]})") from err
+            raise CheckpointError(
+                f"{CHECKPOINT}: does not fit this model and recipe ({str(err).splitlines()[0]})"
+            ) from err
         # the memory layout of the parameters (channels_last), so updates run the same kernels
         for param, values in optimizer.state.items():
             for key, value in values.items():
@@ -275,20 +321,31 @@ def save_checkpoint(folder: str | os.PathLike, state: TrainingState) -> None:
             else:
                 optimizer_other.setdefault(str(pid), {})[key] = value
     rest = {
-        "epoch": state.epoch, "stop": state.stop, "history": state.history,
-        "optimizer": {"param_groups": state.optimizer["param_groups"],
-                      "state": optimizer_other},
-        "schedule": state.schedule, "best_loss": state.best_loss, "best_epoch": state.best_epoch,
+        "epoch": state.epoch,
+        "stop": state.stop,
+        "history": state.history,
+        "optimizer": {"param_groups": state.optimizer["param_groups"], "state": optimizer_other},
+        "schedule": state.schedule,
+        "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch,
         "best_model": "model" if best_is_model else "best" if state.best_model else None,
         "config": state.config,
     }
-    _write_safetensors(folder / CHECKPOINT, tensors, {"imgclass.training_state": json.dumps(rest)},
-                       sync_dir=True)
-    atomic.write_json(folder / CHECKPOINT_SUMMARY, {
-        "epoch": state.epoch, "epochs": state.config["epochs"], "stop": state.stop,
-        "best_epoch": state.best_epoch,
-        "best_loss": state.best_loss if math.isfinite(state.best_loss) else None,
-        "history": state.history, "state": f"{CHECKPOINT} (this file is only a summary)"})
+    _write_safetensors(
+        folder / CHECKPOINT, tensors, {"imgclass.training_state": json.dumps(rest)}, sync_dir=True
+    )
+    atomic.write_json(
+        folder / CHECKPOINT_SUMMARY,
+        {
+            "epoch": state.epoch,
+            "epochs": state.config["epochs"],
+            "stop": state.stop,
+            "best_epoch": state.best_epoch,
+            "best_loss": state.best_loss if math.isfinite(state.best_loss) else None,
+            "history": state.history,
+            "state": f"{CHECKPOINT} (this file is only a summary)",
+        },
+    )
 
 
 def load_checkpoint(folder: str | os.PathLike) -> TrainingState:
@@ -301,20 +358,26 @@ def load_checkpoint(folder: str | os.PathLike) -> TrainingState:
         for name, value in tensors.items():
             kind, key = name.split("/", 1)
             groups[kind][key] = value
-        optimizer_state: dict[int, dict] = {int(pid): dict(values) for pid, values
-                                            in rest["optimizer"]["state"].items()}
+        optimizer_state: dict[int, dict] = {
+            int(pid): dict(values) for pid, values in rest["optimizer"]["state"].items()
+        }
         for key, value in groups["optimizer"].items():
             pid, field_name = key.split("/", 1)
             optimizer_state.setdefault(int(pid), {})[field_name] = value
         return TrainingState(
-            epoch=int(rest["epoch"]), stop=bool(rest["stop"]), history=list(rest["history"]),
+            epoch=int(rest["epoch"]),
+            stop=bool(rest["stop"]),
+            history=list(rest["history"]),
             model=groups["model"],
-            optimizer={"state": optimizer_state,
-                       "param_groups": rest["optimizer"]["param_groups"]},
-            schedule=rest["schedule"], best_loss=float(rest["best_loss"]),
+            optimizer={"state": optimizer_state, "param_groups": rest["optimizer"]["param_groups"]},
+            schedule=rest["schedule"],
+            best_loss=float(rest["best_loss"]),
             best_epoch=int(rest["best_epoch"]),
             best_model=groups[rest["best_model"]] if rest["best_model"] else None,
-            rng=groups["rng"], config=rest["config"])
+            rng=groups["rng"],
+            config=rest["config"],
+        )
     except (KeyError, ValueError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path}: not an imgclass training checkpoint "
-                              f"({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"{path}: not an imgclass training checkpoint ({type(err).__name__}: {err})"
+        ) from err

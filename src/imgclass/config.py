@@ -1,7 +1,8 @@
 """TrainConfig and the named recipes.
 
 A recipe is data: every hyperparameter in one place, with its unit. The `seed` recipe is the
-reference system of `docs/reference-system` exactly (Keras CNN, Animals-10, 70.4 % val accuracy).
+reference system exactly (a Keras CNN, six Animals-10 classes at 64x64, 70.4 % validation
+accuracy; docs/recipes.md has its table, docs/architecture.md how it is built).
 """
 
 from __future__ import annotations
@@ -98,25 +99,32 @@ class TrainConfig:
 
     def finetuning(self) -> TrainConfig:
         """The config of the fine-tuning stage that follows the head on cached features."""
-        return dataclasses.replace(self, cached_features=False, epochs=self.finetune_epochs,
-                                   lr=self.finetune_lr, schedule="cosine", patience=0,
-                                   finetune_epochs=0)
+        return dataclasses.replace(
+            self,
+            cached_features=False,
+            epochs=self.finetune_epochs,
+            lr=self.finetune_lr,
+            schedule="cosine",
+            patience=0,
+            finetune_epochs=0,
+        )
 
     def replace(self, **overrides: Any) -> TrainConfig:
-        """Return a copy with the given fields changed; None values are ignored.
+        """Return a copy with the given fields changed (None too: `pretrained=None` clears it).
 
         `augment` may be a dict of AugmentConfig fields to change (e.g. {"mixup": 0.2}).
         """
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
-        changes = {k: v for k, v in overrides.items() if v is not None}
+        changes = dict(overrides)
         if isinstance(changes.get("augment"), dict):
-            augment = {k: v for k, v in changes["augment"].items() if v is not None}
+            augment = changes["augment"]
             fields = {f.name for f in dataclasses.fields(AugmentConfig)}
             if set(augment) - fields:
-                raise ValueError("unknown AugmentConfig fields: "
-                                 f"{', '.join(sorted(set(augment) - fields))}")
+                raise ValueError(
+                    f"unknown AugmentConfig fields: {', '.join(sorted(set(augment) - fields))}"
+                )
             changes["augment"] = dataclasses.replace(self.augment, **augment)
         return dataclasses.replace(self, **changes)
 
@@ -129,8 +137,9 @@ class TrainConfig:
         against its type: ValueError naming the first unknown field (with the nearest valid
         name) or the first value of the wrong type."""
         data = dict(_checked(cls, data))
-        data["augment"] = AugmentConfig(**_checked(AugmentConfig, data.get("augment", {}),
-                                                   "augment."))
+        data["augment"] = AugmentConfig(
+            **_checked(AugmentConfig, data.get("augment", {}), "augment.")
+        )
         return cls(**data)
 
     def _mixes_images(self) -> bool:
@@ -148,44 +157,75 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.lr_batch >= 1, f"lr_batch must be >= 1, got {self.lr_batch}"),
-            (self.lr_scaling in ("none", "linear", "sqrt"),
-             f"unknown lr_scaling {self.lr_scaling!r}"),
-            (self.precision in ("auto", "bf16", "fp16", "fp32"),
-             f"unknown precision {self.precision!r}"),
+            (
+                self.lr_scaling in ("none", "linear", "sqrt"),
+                f"unknown lr_scaling {self.lr_scaling!r}",
+            ),
+            (
+                self.precision in ("auto", "bf16", "fp16", "fp32"),
+                f"unknown precision {self.precision!r}",
+            ),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
-            (self.class_weights in ("none", "auto"),
-             f"class_weights must be none or auto, got {self.class_weights!r}"),
+            (
+                self.class_weights in ("none", "auto"),
+                f"class_weights must be none or auto, got {self.class_weights!r}",
+            ),
             (self.sampler in ("shuffle", "balanced"), f"unknown sampler {self.sampler!r}"),
-            (0.0 <= self.augment.random_erasing <= 1.0,
-             f"random_erasing must be in [0, 1], got {self.augment.random_erasing}"),
-            (self.augment.mixup >= 0 and self.augment.cutmix >= 0,
-             "mixup and cutmix must be >= 0 (Beta concentrations; 0 = off)"),
+            (
+                0.0 <= self.augment.random_erasing <= 1.0,
+                f"random_erasing must be in [0, 1], got {self.augment.random_erasing}",
+            ),
+            (
+                self.augment.mixup >= 0 and self.augment.cutmix >= 0,
+                "mixup and cutmix must be >= 0 (Beta concentrations; 0 = off)",
+            ),
             (0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup}"),
-            (0.0 <= self.label_smoothing < 1.0,
-             f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (
+                0.0 <= self.label_smoothing < 1.0,
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+            ),
             (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
-            (self.dropout is None or 0.0 <= self.dropout < 1.0,
-             f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.finetune_epochs >= 0,
-             f"finetune_epochs must be >= 0, got {self.finetune_epochs}"),
+            (
+                self.dropout is None or 0.0 <= self.dropout < 1.0,
+                f"dropout must be in [0, 1), got {self.dropout}",
+            ),
+            (
+                self.finetune_epochs >= 0,
+                f"finetune_epochs must be >= 0, got {self.finetune_epochs}",
+            ),
             (self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}"),
-            (self.finetune_stages >= 0,
-             f"finetune_stages must be >= 0, got {self.finetune_stages}"),
-            (self.backbone_lr_scale > 0,
-             f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}"),
-            (not self.finetune_epochs or self.cached_features,
-             "finetune_epochs fine-tune after the head on cached features (cached_features)"),
-            (not self.cached_features or self.pretrained,
-             "cached_features need pretrained weights: give --pretrained imagenet or FILE"),
-            (not (self.cached_features and (self.freeze_epochs or self.tta_flip)),
-             "cached_features train the head alone on fixed features: no freeze_epochs, no "
-             "tta_flip"),
-            (not (self.cached_features and self._mixes_images()
-                  and not (self.finetune_epochs and self.finetune_stages == 0)),
-             "mixup, cutmix, random_erasing and trivial_augment act on images, but the head "
-             "trains on cached features (and --finetune-stages N on cached activations): use "
-             "them with --finetune-epochs N --finetune-stages 0, or --recipe fast or seed"),
+            (
+                self.finetune_stages >= 0,
+                f"finetune_stages must be >= 0, got {self.finetune_stages}",
+            ),
+            (
+                self.backbone_lr_scale > 0,
+                f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}",
+            ),
+            (
+                not self.finetune_epochs or self.cached_features,
+                "finetune_epochs fine-tune after the head on cached features (cached_features)",
+            ),
+            (
+                not self.cached_features or self.pretrained,
+                "cached_features need pretrained weights: give --pretrained imagenet or FILE",
+            ),
+            (
+                not (self.cached_features and (self.freeze_epochs or self.tta_flip)),
+                "cached_features train the head alone on fixed features: no freeze_epochs, no "
+                "tta_flip",
+            ),
+            (
+                not (
+                    self.cached_features
+                    and self._mixes_images()
+                    and not (self.finetune_epochs and self.finetune_stages == 0)
+                ),
+                "mixup, cutmix, random_erasing and trivial_augment act on images, but the head "
+                "trains on cached features (and --finetune-stages N on cached activations): use "
+                "them with --finetune-epochs N --finetune-stages 0, or --recipe fast or seed",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -251,28 +291,37 @@ def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     from imgclass.models import MODELS, check_model_options, default_image_size
 
     config = load_recipe(recipe or DEFAULT_RECIPE).replace(**overrides)
-    if overrides.get("model") is not None and overrides.get("image_size") is None:
-        config = config.replace(image_size=default_image_size(config.model))
+    size = default_image_size(config.model)
+    if "model" in overrides and "image_size" not in overrides and size is not None:
+        config = config.replace(image_size=size)
     config.validate()
-    if config.model in MODELS and config.pretrained and overrides.get("pretrained") is None:
-        raise ValueError(f"the {config.recipe} recipe{'' if recipe else ' (the default)'} starts "
-                         f"from pretrained weights, which {config.model} has none of: train it "
-                         "from scratch with --recipe fast or --recipe seed")
+    if config.model in MODELS and config.pretrained and "pretrained" not in overrides:
+        raise ValueError(
+            f"the {config.recipe} recipe{'' if recipe else ' (the default)'} starts "
+            f"from pretrained weights, which {config.model} has none of: train it "
+            "from scratch with --recipe fast or --recipe seed"
+        )
     check_model_options(config.model, config.pretrained, config.freeze_epochs)
     return config
 
 
 def _accepts(kind: Any, value: Any) -> bool:
     """Whether a JSON value fits a field's type: bool is not a number, an int is a float."""
-    kinds = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) \
+    kinds = (
+        typing.get_args(kind)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType)
         else (kind,)
+    )
     for one in kinds:
         if one is type(None) and value is None:
             return True
         if one is bool and isinstance(value, bool):
             return True
-        if one in (int, float) and not isinstance(value, bool) and (
-                isinstance(value, int) or (one is float and isinstance(value, float))):
+        if (
+            one in (int, float)
+            and not isinstance(value, bool)
+            and (isinstance(value, int) or (one is float and isinstance(value, float)))
+        ):
             return True
         if one is str and isinstance(value, str):
             return True
@@ -283,16 +332,25 @@ def _accepts(kind: Any, value: Any) -> bool:
 
 def _type_name(kind: Any) -> str:
     kinds = typing.get_args(kind) or (kind,)
-    return " or ".join("null" if one is type(None) else "an object" if dataclasses.is_dataclass(
-        one) else {int: "an integer", float: "a number", bool: "true or false",
-                   str: "a string"}.get(one, str(one)) for one in kinds)
+    return " or ".join(
+        "null"
+        if one is type(None)
+        else "an object"
+        if dataclasses.is_dataclass(one)
+        else {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+            one, str(one)
+        )
+        for one in kinds
+    )
 
 
 def _checked(cls: type, data: Any, prefix: str = "") -> dict[str, Any]:
     """`data` as the fields of the dataclass `cls`, each of its declared type."""
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'a recipe'} must be a JSON object of "
-                         f"{cls.__name__} fields, got {type(data).__name__}")
+        raise ValueError(
+            f"{prefix.rstrip('.') or 'a recipe'} must be a JSON object of "
+            f"{cls.__name__} fields, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     for key, value in data.items():
         if key not in hints:
@@ -300,8 +358,9 @@ def _checked(cls: type, data: Any, prefix: str = "") -> dict[str, Any]:
             hint = f": did you mean '{prefix}{nearest[0]}'?" if nearest else ""
             raise ValueError(f"unknown field '{prefix}{key}'{hint}")
         if not _accepts(hints[key], value):
-            raise ValueError(f"{prefix}{key} must be {_type_name(hints[key])}, got "
-                             f"{json.dumps(value)}")
+            raise ValueError(
+                f"{prefix}{key} must be {_type_name(hints[key])}, got {json.dumps(value)}"
+            )
     return data
 
 
@@ -316,9 +375,10 @@ def load_recipe(name_or_path: str) -> TrainConfig:
         try:
             _checked(TrainConfig, data)
             data.setdefault("lr_batch", data.get("batch_size", RECIPES["seed"].batch_size))
-            return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data,
-                                          "recipe": path.stem})
+            return TrainConfig.from_dict({**RECIPES["seed"].to_dict(), **data, "recipe": path.stem})
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
-    raise ValueError(f"unknown recipe {name_or_path!r}: choose one of "
-                     f"{', '.join(RECIPES)} or give a .json recipe file")
+    raise ValueError(
+        f"unknown recipe {name_or_path!r}: choose one of "
+        f"{', '.join(RECIPES)} or give a .json recipe file"
+    )

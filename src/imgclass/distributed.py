@@ -64,14 +64,17 @@ class Context:
         """The ranks torchrun gives in the environment; a single process when there are none."""
         names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
         try:
-            values = [int(os.environ.get(name, default)) for name, default
-                      in zip(names, ("0", "1", "0", os.environ.get("WORLD_SIZE", "1")))]
+            values = [
+                int(os.environ.get(name, default))
+                for name, default in zip(names, ("0", "1", "0", os.environ.get("WORLD_SIZE", "1")))
+            ]
         except ValueError as err:
             raise ValueError(f"torchrun environment unreadable ({err})") from err
         context = cls(*values)
         if not 0 <= context.rank < context.world_size:
-            raise ValueError(f"RANK {context.rank} out of range for WORLD_SIZE "
-                             f"{context.world_size}")
+            raise ValueError(
+                f"RANK {context.rank} out of range for WORLD_SIZE {context.world_size}"
+            )
         return context
 
     @property
@@ -106,22 +109,27 @@ class Context:
 
     def check_batch_size(self, batch_size: int) -> None:
         if batch_size % self.world_size:
-            raise ValueError(f"batch_size {batch_size} is the global batch, split evenly over "
-                             f"{self.world_size} processes: make it a multiple of "
-                             f"{self.world_size}")
+            raise ValueError(
+                f"batch_size {batch_size} is the global batch, split evenly over "
+                f"{self.world_size} processes: make it a multiple of "
+                f"{self.world_size}"
+            )
 
     def batches(self, order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
         """This rank's indices of each global batch of the epoch order: contiguous slices,
         batch_size / world_size each (the last batch's slices differ by at most one image)."""
-        return [torch.tensor_split(order[start:end], self.world_size)[self.rank]
-                for start, end in batch_bounds(len(order), batch_size, self.world_size)]
+        return [
+            torch.tensor_split(order[start:end], self.world_size)[self.rank]
+            for start, end in batch_bounds(len(order), batch_size, self.world_size)
+        ]
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """The model whose backward pass averages gradients over the ranks (itself for one)."""
         if not self.active:
             return model
-        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                       else None)
+        return DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
 
     def stream(self, name: str) -> str:
         """A random stream's name for this rank: rank 0 keeps the single-process stream."""

@@ -17,7 +17,7 @@ from imgclass.data.batches import iterate_batches
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
 from imgclass.data.split import saved_split
-from imgclass.report import plot_confusion
+from imgclass.plots import plot_confusion
 from imgclass.runtime import Device
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=out, where=denominator > 0)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
-                           classes: list[str]) -> ClassificationMetrics:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
+) -> ClassificationMetrics:
     """The metrics of labels in range(len(classes)).
 
     The definitions are scikit-learn's (precision_recall_fscore_support with zero_division=0,
@@ -91,8 +92,13 @@ class Probabilities(nn.Module):
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, pixels: np.ndarray | torch.Tensor, device: Device,
-                  batch_size: int = 64, tta_flip: bool = False) -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    pixels: np.ndarray | torch.Tensor,
+    device: Device,
+    batch_size: int = 64,
+    tta_flip: bool = False,
+) -> np.ndarray:
     """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing."""
     model.eval()
     head = Probabilities(model, tta_flip)
@@ -109,30 +115,42 @@ def predict_proba(model: nn.Module, pixels: np.ndarray | torch.Tensor, device: D
 def write_metrics(metrics: ClassificationMetrics, folder: Path, prefix: str = "") -> None:
     """`<prefix>confusion.json`, `<prefix>confusion.png` and `<prefix>evaluation.json`."""
     atomic.write_json(folder / f"{prefix}evaluation.json", metrics.to_dict())
-    atomic.write_json(folder / f"{prefix}confusion.json",
-                      {"classes": metrics.classes, "matrix": metrics.confusion})
+    atomic.write_json(
+        folder / f"{prefix}confusion.json",
+        {"classes": metrics.classes, "matrix": metrics.confusion},
+    )
     plot_confusion(np.array(metrics.confusion), metrics.classes, folder / f"{prefix}confusion.png")
 
 
-def validation_set(run: Path, image_size: int, classes: list[str],
-                   cache_dir: str | os.PathLike | None = None) -> tuple[Dataset, np.ndarray]:
+def validation_set(
+    run: Path, image_size: int, classes: list[str], cache_dir: str | os.PathLike | None = None
+) -> tuple[Dataset, np.ndarray]:
     """A run's data loaded again (through the cache) and the indices of its validation split in
     it; files missing or changed since training are left out (logged)."""
     config = atomic.read_json(run / "config.json")
     dataset = load_dataset(config["data_dir"], image_size, cache_dir)
     if dataset.classes != classes:
-        raise DataError(f"{dataset.root}: classes changed since training "
-                        f"({dataset.classes} vs {classes})")
+        raise DataError(
+            f"{dataset.root}: classes changed since training ({dataset.classes} vs {classes})"
+        )
     split, changed = saved_split(run / "split.json", dataset)
     if changed:
-        log.warning("%d validation or training files of %s are missing or changed since "
-                    "training: left out", len(changed), dataset.root)
+        log.warning(
+            "%d validation or training files of %s are missing or changed since training: left out",
+            len(changed),
+            dataset.root,
+        )
     return dataset, split.val
 
 
-def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
-             out: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-             tta: bool | None = None) -> ClassificationMetrics:
+def evaluate(
+    run: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    tta: bool | None = None,
+) -> ClassificationMetrics:
     """Metrics of a run's model on its own validation split, or on another class-folder tree.
 
     tta: average each image's and its mirror's probabilities (default: as the run validated).
@@ -151,8 +169,10 @@ def evaluate(run: str | os.PathLike, data_dir: str | os.PathLike | None = None, 
         dataset = load_dataset(data_dir, loaded.meta.image_size, cache_dir)
         unknown = sorted(set(dataset.classes) - set(classes))
         if unknown:
-            raise DataError(f"{dataset.root}: classes unknown to the model: {', '.join(unknown)} "
-                            f"(the model knows {', '.join(classes)})")
+            raise DataError(
+                f"{dataset.root}: classes unknown to the model: {', '.join(unknown)} "
+                f"(the model knows {', '.join(classes)})"
+            )
         remap = np.array([classes.index(name) for name in dataset.classes], dtype=np.int64)
         pixels, labels = dataset.pixels, remap[dataset.labels]
         folder = Path(out) if out else run / f"eval-{dataset.root.resolve().name}"

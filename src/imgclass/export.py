@@ -32,10 +32,12 @@ TOLERANCE = 1e-4  # largest difference in probability tolerated between PyTorch 
 CLASSES_KEY = "imgclass.classes"  # the ONNX file's own metadata_props: its class list (JSON)
 # how an image becomes the input (also in metadata_props), precisely enough to reproduce it:
 # the README's onnxruntime script follows it and gives predict's probabilities (a test)
-INPUT_RULE = ("Pillow: open; for a JPEG, draft('RGB', (S, S)) before decoding; apply the EXIF "
-              "orientation; convert to RGB; resize((S, S), Image.Resampling.BILINEAR, "
-              "reducing_gap=3.0) (squashed, no crop); float32 / 255; channels first, batch "
-              "first: (N, 3, S, S). S = imgclass.image_size; the model normalises inside.")
+INPUT_RULE = (
+    "Pillow: open; for a JPEG, draft('RGB', (S, S)) before decoding; apply the EXIF "
+    "orientation; convert to RGB; resize((S, S), Image.Resampling.BILINEAR, "
+    "reducing_gap=3.0) (squashed, no crop); float32 / 255; channels first, batch "
+    "first: (N, 3, S, S). S = imgclass.image_size; the model normalises inside."
+)
 
 
 def metadata_path(onnx_file: str | os.PathLike) -> Path:
@@ -43,8 +45,13 @@ def metadata_path(onnx_file: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(onnx_file)}.json")
 
 
-def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                tta: bool | None = None, body: Path | None = None) -> Path:
+def export_onnx(
+    run: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    tta: bool | None = None,
+    body: Path | None = None,
+) -> Path:
     """Write RUN's model as ONNX (default RUN/model.onnx) and its metadata JSON; returns the path.
 
     tta: flip test-time augmentation inside the graph (default: as the run was validated).
@@ -64,10 +71,18 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     classifier = getattr(loaded.model, "head", None)
     # the class list goes into the file itself (metadata_props), so the file's sha256 covers it
     # and a class list edited beside it (model.onnx.json) is caught (OnnxModel)
-    props = {CLASSES_KEY: json.dumps(meta.classes), "imgclass.image_size": str(meta.image_size),
-             "imgclass.input": INPUT_RULE, "imgclass.tta_flip": json.dumps(meta.tta_flip)}
-    if body is not None and body.is_file() and not meta.tta_flip and isinstance(
-            classifier, torch.nn.Linear):
+    props = {
+        CLASSES_KEY: json.dumps(meta.classes),
+        "imgclass.image_size": str(meta.image_size),
+        "imgclass.input": INPUT_RULE,
+        "imgclass.tta_flip": json.dumps(meta.tta_flip),
+    }
+    if (
+        body is not None
+        and body.is_file()
+        and not meta.tta_flip
+        and isinstance(classifier, torch.nn.Linear)
+    ):
         append_head(body, classifier, out, props)
     else:
         export_graph(head, example, out, OUTPUT, props)
@@ -76,23 +91,35 @@ def export_onnx(run: str | os.PathLike, out: str | os.PathLike | None = None, *,
     difference = float(np.abs(OnnxModel(out, meta).run(example.numpy()) - expected).max())
     if not difference <= TOLERANCE:
         out.unlink()
-        raise CheckpointError(f"{out}: ONNX Runtime differs from PyTorch by {difference:.2g} "
-                              f"(> {TOLERANCE}); not kept")
+        raise CheckpointError(
+            f"{out}: ONNX Runtime differs from PyTorch by {difference:.2g} "
+            f"(> {TOLERANCE}); not kept"
+        )
     metrics_file = run / "metrics.json"
-    atomic.write_json(metadata_path(out), {
-        **asdict(meta),
-        "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", 3, meta.image_size,
-                                                               meta.image_size],
-                  "meaning": "RGB pixels decoded and squashed to image_size, scaled to [0, 1] "
-                             "(normalisation), channels first"},
-        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", len(meta.classes)],
-                   "meaning": "softmax probabilities in the order of `classes`"
-                              + (" (image and mirror averaged)" if meta.tta_flip else "")},
-        "metrics": atomic.read_json(metrics_file) if metrics_file.is_file() else None,
-        "source_run": str(run.resolve()),
-        "weights_sha256": weights_digest(run),  # which weights: see current_export
-        "onnx_sha256": file_sha256(out),  # the file's own bytes: see check_onnx
-    })
+    atomic.write_json(
+        metadata_path(out),
+        {
+            **asdict(meta),
+            "input": {
+                "name": INPUT,
+                "dtype": "float32",
+                "shape": ["batch", 3, meta.image_size, meta.image_size],
+                "meaning": "RGB pixels decoded and squashed to image_size, scaled to [0, 1] "
+                "(normalisation), channels first",
+            },
+            "output": {
+                "name": OUTPUT,
+                "dtype": "float32",
+                "shape": ["batch", len(meta.classes)],
+                "meaning": "softmax probabilities in the order of `classes`"
+                + (" (image and mirror averaged)" if meta.tta_flip else ""),
+            },
+            "metrics": atomic.read_json(metrics_file) if metrics_file.is_file() else None,
+            "source_run": str(run.resolve()),
+            "weights_sha256": weights_digest(run),  # which weights: see current_export
+            "onnx_sha256": file_sha256(out),  # the file's own bytes: see check_onnx
+        },
+    )
     log.info("%s: ONNX Runtime matches PyTorch within %.1g on a random batch", out, difference)
     return out
 
@@ -102,15 +129,28 @@ def random_batch(image_size: int) -> torch.Tensor:
     return torch.rand(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
 
 
-def export_graph(module: torch.nn.Module, example: torch.Tensor, out: Path, output: str,
-                 props: dict[str, str] | None = None) -> None:
+def export_graph(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    out: Path,
+    output: str,
+    props: dict[str, str] | None = None,
+) -> None:
     """`module` (in eval mode) as an ONNX graph at `out`: input INPUT (example's shape, the batch
     dimension dynamic), output `output`; props: the file's metadata_props."""
     module.eval()
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(module, (example,), input_names=[INPUT], output_names=[output],
-                                dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
-                                external_data=False, verbose=False)
+    program = torch.onnx.export(
+        module,
+        (example,),
+        input_names=[INPUT],
+        output_names=[output],
+        dynamic_shapes=({0: batch},),
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
     program.model.metadata_props.update(props or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(out, lambda tmp: program.save(tmp, external_data=False))
@@ -127,16 +167,26 @@ def append_head(body: Path, linear: torch.nn.Linear, out: Path, props: dict[str,
     graph = graph_model.graph
     [features] = graph.output
     batch = features.type.tensor_type.shape.dim[0]
-    graph.initializer.extend([
-        numpy_helper.from_array(linear.weight.detach().float().cpu().numpy(), "head.weight"),
-        numpy_helper.from_array(linear.bias.detach().float().cpu().numpy(), "head.bias")])
-    graph.node.extend([
-        helper.make_node("Gemm", [features.name, "head.weight", "head.bias"], ["head.logits"],
-                         transB=1),
-        helper.make_node("Softmax", ["head.logits"], [OUTPUT], axis=1)])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(linear.weight.detach().float().cpu().numpy(), "head.weight"),
+            numpy_helper.from_array(linear.bias.detach().float().cpu().numpy(), "head.bias"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node(
+                "Gemm", [features.name, "head.weight", "head.bias"], ["head.logits"], transB=1
+            ),
+            helper.make_node("Softmax", ["head.logits"], [OUTPUT], axis=1),
+        ]
+    )
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(
-        OUTPUT, TensorProto.FLOAT, [batch.dim_param or batch.dim_value, linear.out_features]))
+    graph.output.append(
+        helper.make_tensor_value_info(
+            OUTPUT, TensorProto.FLOAT, [batch.dim_param or batch.dim_value, linear.out_features]
+        )
+    )
     helper.set_model_props(graph_model, props)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_with(out, lambda tmp: onnx.save(graph_model, os.fspath(tmp)))
@@ -153,11 +203,13 @@ def ort_session(onnx_file: str | os.PathLike):
     # the cores that decode the next images (and serve the next requests)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return onnxruntime.InferenceSession(os.fspath(onnx_file), options,
-                                            providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(
+            os.fspath(onnx_file), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as err:  # ONNX Runtime raises its own exception types
-        raise CheckpointError(f"{onnx_file}: not a loadable ONNX model "
-                              f"({str(err).splitlines()[0]})") from err
+        raise CheckpointError(
+            f"{onnx_file}: not a loadable ONNX model ({str(err).splitlines()[0]})"
+        ) from err
 
 
 def caused_by_ctrl_c(err: BaseException) -> bool:
@@ -174,13 +226,17 @@ def check_onnx(onnx_file: Path, document: dict) -> None:
     sha256 in its .onnx.json); an export made before imgclass recorded it cannot be checked."""
     recorded = document.get("onnx_sha256")
     if recorded is None:
-        raise CheckpointError(f"{onnx_file}: no sha256 of the file in "
-                              f"{metadata_path(onnx_file).name} (exported by an older imgclass): "
-                              "export it again")
+        raise CheckpointError(
+            f"{onnx_file}: no sha256 of the file in "
+            f"{metadata_path(onnx_file).name} (exported by an older imgclass): "
+            "export it again"
+        )
     if file_sha256(onnx_file) != recorded:
-        raise CheckpointError(f"{onnx_file}: damaged or changed since its export (its sha256 "
-                              f"is not the one in {metadata_path(onnx_file).name}): export it "
-                              "again")
+        raise CheckpointError(
+            f"{onnx_file}: damaged or changed since its export (its sha256 "
+            f"is not the one in {metadata_path(onnx_file).name}): export it "
+            "again"
+        )
 
 
 def current_export(run: str | os.PathLike, tta_flip: bool) -> Path | None:
@@ -200,14 +256,20 @@ def current_export(run: str | os.PathLike, tta_flip: bool) -> Path | None:
         log.warning("%s not used: %s", path, err)
         return None
     if digest is None or document.get("weights_sha256") != digest:
-        log.warning("%s not used: exported from other weights than %s/model.safetensors "
-                    "(export again with `imgclass export %s`)", path, run, run)
+        log.warning(
+            "%s not used: exported from other weights than %s/model.safetensors "
+            "(export again with `imgclass export %s`)",
+            path,
+            run,
+            run,
+        )
         return None
     try:
         check_onnx(path, document)
         if meta.classes != read_meta(run).classes:
-            raise CheckpointError(f"{metadata_path(path)}: its classes are not those of "
-                                  f"{run}/model.json")
+            raise CheckpointError(
+                f"{metadata_path(path)}: its classes are not those of {run}/model.json"
+            )
     except CheckpointError as err:
         log.warning("%s not used, PyTorch answers instead: %s", path, err)
         return None
@@ -235,9 +297,11 @@ class OnnxModel:
         self.meta = meta
         inside = self.session.get_modelmeta().custom_metadata_map.get(CLASSES_KEY)
         if inside is not None and json.loads(inside) != meta.classes:
-            raise CheckpointError(f"{onnx_file}: the classes in {metadata_path(onnx_file).name} "
-                                  f"({', '.join(meta.classes)}) are not those exported in the "
-                                  f"file ({', '.join(json.loads(inside))})")
+            raise CheckpointError(
+                f"{onnx_file}: the classes in {metadata_path(onnx_file).name} "
+                f"({', '.join(meta.classes)}) are not those exported in the "
+                f"file ({', '.join(json.loads(inside))})"
+            )
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 in [0, 1] -> (N, classes) probabilities."""
@@ -246,8 +310,10 @@ class OnnxModel:
     def predict_proba(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, classes), in batches of batch_size as predict_proba."""
         pixels = np.asarray(pixels)
-        out = [self.run(model_input(pixels[start:start + batch_size]))
-               for start in range(0, len(pixels), batch_size)]
+        out = [
+            self.run(model_input(pixels[start : start + batch_size]))
+            for start in range(0, len(pixels), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, len(self.meta.classes)), np.float32)
 
 

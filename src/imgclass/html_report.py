@@ -30,7 +30,7 @@ from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import iterate_batches
 from imgclass.data.images import ImageDecodeError, decode_image
 from imgclass.evaluation import classification_metrics
-from imgclass.report import class_counts_figure, reliability_figure
+from imgclass.plots import class_counts_figure, reliability_figure
 from imgclass.val_predictions import (
     VAL_PREDICTIONS,
     ValPredictions,
@@ -87,8 +87,9 @@ def _read_json(path: Path, missing: list[str], section: str):
         return None
 
 
-def _val_predictions(run_dir: Path, classes: list[str],
-                     missing: list[str]) -> ValPredictions | None:
+def _val_predictions(
+    run_dir: Path, classes: list[str], missing: list[str]
+) -> ValPredictions | None:
     stored = run_dir / VAL_PREDICTIONS
     if stored.is_file():
         try:
@@ -98,16 +99,19 @@ def _val_predictions(run_dir: Path, classes: list[str],
     try:
         predictions = predict_validation(run_dir)
     except (OSError, ValueError) as err:
-        missing.append(f"per-class metrics, confusion, wrong predictions, calibration: "
-                       f"{VAL_PREDICTIONS} is absent or unreadable and cannot be recomputed "
-                       f"({err})")
+        missing.append(
+            f"per-class metrics, confusion, wrong predictions, calibration: "
+            f"{VAL_PREDICTIONS} is absent or unreadable and cannot be recomputed "
+            f"({err})"
+        )
         return None
     predictions.write(run_dir)
     return predictions
 
 
-def _wrong_predictions(predictions: ValPredictions, root: Path, gone: str | None,
-                       missing: list[str]) -> list[dict]:
+def _wrong_predictions(
+    predictions: ValPredictions, root: Path, gone: str | None, missing: list[str]
+) -> list[dict]:
     """The validation images wrong with the highest confidence, with thumbnails where possible."""
     probabilities, labels = predictions.probabilities, predictions.labels
     predicted = probabilities.argmax(axis=1)
@@ -115,10 +119,15 @@ def _wrong_predictions(predictions: ValPredictions, root: Path, gone: str | None
     order = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
     shown, no_image = [], 0
     for i in order[:WRONG_SHOWN]:
-        item = {"path": predictions.paths[i], "true": predictions.classes[labels[i]],
-                "predicted": predictions.classes[predicted[i]],
-                "p_predicted": probabilities[i, predicted[i]],
-                "p_true": probabilities[i, labels[i]], "image": None, "why": gone}
+        item = {
+            "path": predictions.paths[i],
+            "true": predictions.classes[labels[i]],
+            "predicted": predictions.classes[predicted[i]],
+            "p_predicted": probabilities[i, predicted[i]],
+            "p_true": probabilities[i, labels[i]],
+            "image": None,
+            "why": gone,
+        }
         if gone is None:
             try:
                 item["image"] = _thumbnail(root / predictions.paths[i])
@@ -127,13 +136,16 @@ def _wrong_predictions(predictions: ValPredictions, root: Path, gone: str | None
         no_image += item["image"] is None
         shown.append(item)
     if no_image:
-        missing.append(f"wrong predictions: {no_image} of {len(shown)} thumbnails missing ("
-                       f"{gone or 'unreadable files, named in the section'})")
+        missing.append(
+            f"wrong predictions: {no_image} of {len(shown)} thumbnails missing ("
+            f"{gone or 'unreadable files, named in the section'})"
+        )
     return shown
 
 
-def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict],
-                       classes: list[str]) -> tuple[list[dict], str | None]:
+def _augmented_samples(
+    config: TrainConfig, root: Path, train_entries: list[dict], classes: list[str]
+) -> tuple[list[dict], str | None]:
     """Training images through the training augmentation (target, PNG), or why there are none.
 
     The images are decoded as the training cache decodes them and augmented by the objects
@@ -148,8 +160,11 @@ def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict
             break
         entry = train_entries[i]
         try:
-            pixels.append(decode_image(root / entry["path"], (config.image_size,) * 2,
-                                       max_pixels=config.max_pixels))
+            pixels.append(
+                decode_image(
+                    root / entry["path"], (config.image_size,) * 2, max_pixels=config.max_pixels
+                )
+            )
         except ImageDecodeError as err:
             failures.append(f"{entry['path']}: {err.reason}")
             continue
@@ -157,11 +172,16 @@ def _augmented_samples(config: TrainConfig, root: Path, train_entries: list[dict
     if not pixels:
         return [], f"no training image could be decoded ({'; '.join(failures[:3])})"
     augment = TrainAugment(config.augment, generator, len(classes))
-    x, targets = next(iterate_batches(torch.from_numpy(np.stack(pixels)), torch.tensor(labels),
-                                      len(labels), augment=augment))
+    x, targets = next(
+        iterate_batches(
+            torch.from_numpy(np.stack(pixels)), torch.tensor(labels), len(labels), augment=augment
+        )
+    )
     images = (x.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-    return [{"label": _target_caption(target, classes), "image": _png_image(image)}
-            for target, image in zip(targets, images)], None
+    return [
+        {"label": _target_caption(target, classes), "image": _png_image(image)}
+        for target, image in zip(targets, images)
+    ], None
 
 
 def _target_caption(target: torch.Tensor, classes: list[str]) -> str:
@@ -187,17 +207,21 @@ def _train_config(config: dict) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in config.items() if k in fields})
 
 
-def _data_section(split: dict, classes: list[str], scan: dict | None,
-                  skipped: list[dict] | None) -> dict:
+def _data_section(
+    split: dict, classes: list[str], scan: dict | None, skipped: list[dict] | None
+) -> dict:
     parts = {side: Counter(entry["label"] for entry in split[side]) for side in ("train", "val")}
-    counts = {"training": [parts["train"][c] for c in classes],
-              "validation": [parts["val"][c] for c in classes]}
+    counts = {
+        "training": [parts["train"][c] for c in classes],
+        "validation": [parts["val"][c] for c in classes],
+    }
     skips = scan["skipped"] if scan is not None else (skipped or [])
     return {
         "chart": _png(class_counts_figure(classes, counts)),
         "rows": [(c, t, v, t + v) for c, t, v in zip(classes, *counts.values())],
         "root": scan["root"] if scan else None,
-        "skipped": skips[:SKIPPED_LISTED], "skipped_total": len(skips),
+        "skipped": skips[:SKIPPED_LISTED],
+        "skipped_total": len(skips),
         "reasons": Counter(s["reason"] for s in skips).most_common(),
         "duplicates": len(scan["duplicates"]) if scan else None,
         "conflicts": len(scan["conflicts"]) if scan else None,
@@ -228,14 +252,14 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
     predictions = _val_predictions(run_dir, classes, missing)
     evaluation = cal = wrong = None
     if predictions is not None:
-        evaluation = classification_metrics(predictions.labels,
-                                            predictions.probabilities.argmax(axis=1), classes)
+        evaluation = classification_metrics(
+            predictions.labels, predictions.probabilities.argmax(axis=1), classes
+        )
         cal = calibration(predictions.probabilities, predictions.labels)
         wrong = _wrong_predictions(predictions, root, gone, missing)
     augmented, augmented_why = [], gone
     if gone is None:
-        augmented, augmented_why = _augmented_samples(train_config, root, split["train"],
-                                                      classes)
+        augmented, augmented_why = _augmented_samples(train_config, root, split["train"], classes)
     if not augmented:
         missing.append(f"augmented training samples: {augmented_why}")
 
@@ -244,23 +268,38 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
         matrix = np.array(evaluation.confusion)
         shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
         confusion = list(zip(classes, matrix.tolist(), shares.tolist()))
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("imgclass", "templates"),
-                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("imgclass", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     html = environment.get_template(REPORT).render(
-        run=str(run_dir.resolve()), classes=classes, metrics=metrics, missing=missing,
+        run=str(run_dir.resolve()),
+        classes=classes,
+        metrics=metrics,
+        missing=missing,
         data=_data_section(split, classes, scan, skipped),
-        config=_config_rows(config), model=_config_rows(model),
+        config=_config_rows(config),
+        model=_config_rows(model),
         curves=_png(curves.read_bytes()) if curves.is_file() else None,
-        evaluation=evaluation, confusion=confusion, wrong=wrong, wrong_shown=WRONG_SHOWN,
-        calibration=cal, reliability=_png(reliability_figure(
-            cal.confidence, cal.accuracy, cal.count, cal.edges, cal.ece)) if cal else None,
-        augmented=augmented, augmented_why=augmented_why,
-        augment=dataclasses.asdict(train_config.augment))
+        evaluation=evaluation,
+        confusion=confusion,
+        wrong=wrong,
+        wrong_shown=WRONG_SHOWN,
+        calibration=cal,
+        reliability=_png(
+            reliability_figure(cal.confidence, cal.accuracy, cal.count, cal.edges, cal.ece)
+        )
+        if cal
+        else None,
+        augmented=augmented,
+        augmented_why=augmented_why,
+        augment=dataclasses.asdict(train_config.augment),
+    )
     return html, missing
 
 
-def write_report(run_dir: str | os.PathLike,
-                 out: str | os.PathLike | None = None) -> ReportResult:
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> ReportResult:
     """Write the report (default RUN/report.html); returns where and what it lacks."""
     html, missing = build_report(run_dir)
     path = Path(out) if out else Path(run_dir) / REPORT

@@ -25,7 +25,7 @@ from imgclass import atomic, runtime
 from imgclass.config import build_config
 from imgclass.data.batches import epoch_order, iterate_batches
 from imgclass.optim import build_optimizer
-from imgclass.report import plot_lr_find
+from imgclass.plots import plot_lr_find
 from imgclass.runtime import Device
 from imgclass.training_setup import augmentation, optimiser_step, setup_training
 
@@ -61,26 +61,37 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
     return float(lrs[skip + int(np.argmin(slope))]), float(lrs[lowest] / 10)
 
 
-def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str | None = None,
-            steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0,
-            cache_dir: str | os.PathLike | None = None, **overrides) -> LRFindResult:
+def lr_find(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    recipe: str | None = None,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    cache_dir: str | os.PathLike | None = None,
+    **overrides,
+) -> LRFindResult:
     """Sweep the learning rate over `steps` optimiser steps (fewer if the loss diverges)."""
     runtime.configure()
     if steps < 3 or not 0 < start_lr < end_lr:
-        raise ValueError(f"need steps >= 3 and 0 < start_lr < end_lr, got {steps}, {start_lr}, "
-                         f"{end_lr}")
+        raise ValueError(
+            f"need steps >= 3 and 0 < start_lr < end_lr, got {steps}, {start_lr}, {end_lr}"
+        )
     config = build_config(recipe, **overrides)
     out = Path(out)
-    setup = setup_training(Path(data_dir), config, cache_dir,
-                           Device.select(config.precision, config.device))
+    setup = setup_training(
+        Path(data_dir), config, cache_dir, Device.select(config.precision, config.device)
+    )
     device = setup.device
     model = setup.new_model()
     optimizer = build_optimizer(model, config)
     pixels, labels = setup.train.pixels, setup.train.labels
     loss_fn = setup.loss()
     scaler = device.grad_scaler()
-    augment = augmentation(config, runtime.generator(config.seed, "augment"), setup.num_classes,
-                           setup.train)
+    augment = augmentation(
+        config, runtime.generator(config.seed, "augment"), setup.num_classes, setup.train
+    )
     shuffle = runtime.generator(config.seed, "shuffle")
     lrs = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     losses: list[float] = []
@@ -89,8 +100,9 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
     model.train()
     while len(losses) < steps and stopped == "all steps":  # as many passes as the steps need
         order = epoch_order(labels.cpu(), shuffle, balanced=config.sampler == "balanced")
-        for x, y in iterate_batches(pixels, labels, config.batch_size, order=order,
-                                    augment=augment):
+        for x, y in iterate_batches(
+            pixels, labels, config.batch_size, order=order, augment=augment
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[len(losses)])
             x, y = x.to(device.torch_device), y.to(device.torch_device)
@@ -103,16 +115,24 @@ def lr_find(data_dir: str | os.PathLike, out: str | os.PathLike, *, recipe: str 
                 break
             if len(losses) == steps:
                 break
-    swept = lrs[:len(losses)]
+    swept = lrs[: len(losses)]
     finite = np.isfinite(smoothed)
     if not finite.any():
-        raise ValueError(f"{data_dir}: the loss was not finite from the first step at "
-                         f"lr {start_lr:g}; try a lower --start-lr")
+        raise ValueError(
+            f"{data_dir}: the loss was not finite from the first step at "
+            f"lr {start_lr:g}; try a lower --start-lr"
+        )
     suggested, min_div10 = suggest(swept[finite], np.asarray(smoothed)[finite])
     result = LRFindResult(swept.tolist(), losses, smoothed, suggested, min_div10, stopped)
     _write(out, result, config.to_dict())
-    log.info("lr-find: %d steps (%s); suggested learning rate %.3g (steepest descent), "
-             "minimum / 10: %.3g", len(losses), stopped, suggested, min_div10)
+    log.info(
+        "lr-find: %d steps (%s); suggested learning rate %.3g (steepest descent), "
+        "minimum / 10: %.3g",
+        len(losses),
+        stopped,
+        suggested,
+        min_div10,
+    )
     return result
 
 
@@ -121,11 +141,10 @@ def _write(out: Path, result: LRFindResult, config: dict) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("step", "lr", "loss", "smoothed_loss"))
-    writer.writerows(zip(range(1, len(result.lrs) + 1), result.lrs, result.losses,
-                         result.smoothed))
+    writer.writerows(zip(range(1, len(result.lrs) + 1), result.lrs, result.losses, result.smoothed))
     atomic.write_text(out / "lr_find.csv", buffer.getvalue())
     summary = {k: v for k, v in asdict(result).items() if k not in ("lrs", "losses", "smoothed")}
-    atomic.write_json(out / "lr_find.json", {**summary, "steps": len(result.lrs),
-                                             "config": config})
-    plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggested_lr,
-                 out / "lr_find.png")
+    atomic.write_json(out / "lr_find.json", {**summary, "steps": len(result.lrs), "config": config})
+    plot_lr_find(
+        result.lrs, result.losses, result.smoothed, result.suggested_lr, out / "lr_find.png"
+    )

@@ -22,11 +22,22 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     groups = parameter_groups(model, config)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.step_lr, momentum=config.momentum,
-                               nesterov=True, weight_decay=config.weight_decay, fused=fused)
+        return torch.optim.SGD(
+            groups,
+            lr=config.step_lr,
+            momentum=config.momentum,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+            fused=fused,
+        )
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return adam(groups, lr=config.step_lr, eps=config.adam_eps,
-                weight_decay=config.weight_decay, fused=fused)
+    return adam(
+        groups,
+        lr=config.step_lr,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+        fused=fused,
+    )
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
@@ -36,21 +47,31 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     if config.backbone_lr_scale == 1 or not isinstance(model, Backbone | TopStages):
         return [{"params": list(model.parameters())}]
     own = {id(p) for p in model.head.parameters()}
-    return [{"params": [p for p in model.parameters() if id(p) in own]},
-            {"params": [p for p in model.parameters() if id(p) not in own],
-             "lr": config.step_lr * config.backbone_lr_scale}]
+    return [
+        {"params": [p for p in model.parameters() if id(p) in own]},
+        {
+            "params": [p for p in model.parameters() if id(p) not in own],
+            "lr": config.step_lr * config.backbone_lr_scale,
+        },
+    ]
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                   steps_per_epoch: int) -> lr_scheduler.LRScheduler | None:
+def build_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> lr_scheduler.LRScheduler | None:
     """A per-step schedule, or None for a constant learning rate."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
         return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total, pct_start=max(config.warmup, 1e-3),
-            anneal_strategy="linear", cycle_momentum=False, div_factor=1 / WARMUP_START,
-            final_div_factor=1e3)
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total,
+            pct_start=max(config.warmup, 1e-3),
+            anneal_strategy="linear",
+            cycle_momentum=False,
+            div_factor=1 / WARMUP_START,
+            final_div_factor=1e3,
+        )
     if config.schedule == "cosine":
         warm = round(config.warmup * total)
         cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warm)

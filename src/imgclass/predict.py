@@ -50,7 +50,8 @@ def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.
     """(name, file or image) of one input or of each in a list; a folder gives its files, an
     (N, H, W, 3) array N images, named "<image i>" as in-memory images are."""
     if isinstance(given, (str, os.PathLike, Image.Image)) or (
-            isinstance(given, np.ndarray) and given.ndim != 4):
+        isinstance(given, np.ndarray) and given.ndim != 4
+    ):
         given = [given]  # one input (a string is never read character by character)
     count = 0
     for one in given:
@@ -61,12 +62,14 @@ def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.
         for image in arrays:
             if isinstance(image, np.ndarray):
                 if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                    raise ValueError(f"an image array is (H, W, 3) uint8 RGB; got {image.shape} "
-                                     f"{image.dtype}")
+                    raise ValueError(
+                        f"an image array is (H, W, 3) uint8 RGB; got {image.shape} {image.dtype}"
+                    )
                 image = Image.fromarray(image)
             elif not isinstance(image, Image.Image):
-                raise TypeError(f"predict takes paths, PIL images or uint8 arrays; got "
-                                f"{type(image).__name__}")
+                raise TypeError(
+                    f"predict takes paths, PIL images or uint8 arrays; got {type(image).__name__}"
+                )
             yield f"<image {count}>", image
             count += 1
 
@@ -101,9 +104,17 @@ class Predictor:
     ("auto": bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere); ONNX Runtime runs fp32.
     """
 
-    def __init__(self, source: str | os.PathLike, batch_size: int = 64, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                 tta: bool | None = None, backend: str = "auto", precision: str = "auto"):
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        batch_size: int = 64,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        workers: int | None = None,
+        tta: bool | None = None,
+        backend: str = "auto",
+        precision: str = "auto",
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         if batch_size < 1:
@@ -117,8 +128,10 @@ class Predictor:
         self.model = None
         if self.source.suffix == ".onnx":
             if backend == "pytorch":
-                raise ValueError(f"{self.source}: an exported model runs in ONNX Runtime; give "
-                                 "the run directory for PyTorch")
+                raise ValueError(
+                    f"{self.source}: an exported model runs in ONNX Runtime; give "
+                    "the run directory for PyTorch"
+                )
             self._load_onnx(self.source, tta, verify=True)
         else:
             meta = read_meta(self.source)
@@ -132,8 +145,7 @@ class Predictor:
                 self.meta = replace(loaded.meta, tta_flip=tta_flip)
                 self.model = loaded.model.to(self.device.torch_device)
             metrics_file = self.source / "metrics.json"
-            self.metrics = (atomic.read_json(metrics_file) if metrics_file.is_file()
-                            else None)
+            self.metrics = atomic.read_json(metrics_file) if metrics_file.is_file() else None
         self.classes = self.meta.classes
 
     def _run_export(self, backend: str, tta_flip: bool) -> Path | None:
@@ -147,8 +159,10 @@ class Predictor:
         exported = current_export(self.source, tta_flip)
         if backend == "onnx" and exported is None:
             flag = "--tta" if tta_flip else "--no-tta"
-            raise ValueError(f"{self.source}: no current {ONNX_FILE} with tta_flip={tta_flip} "
-                             f"(write one: imgclass export {self.source} {flag})")
+            raise ValueError(
+                f"{self.source}: no current {ONNX_FILE} with tta_flip={tta_flip} "
+                f"(write one: imgclass export {self.source} {flag})"
+            )
         fp32_cpu = self.device.torch_device.type == "cpu" and self.device.amp is None
         return exported if backend == "onnx" or fp32_cpu else None
 
@@ -160,8 +174,10 @@ class Predictor:
             check_onnx(onnx_file, document)
         if tta is not None and tta != self.meta.tta_flip:
             inside = "with" if self.meta.tta_flip else "without"
-            raise ValueError(f"{onnx_file}: exported {inside} flip test-time augmentation "
-                             f"in its graph; export again with --{'' if tta else 'no-'}tta")
+            raise ValueError(
+                f"{onnx_file}: exported {inside} flip test-time augmentation "
+                f"in its graph; export again with --{'' if tta else 'no-'}tta"
+            )
         self.onnx = OnnxModel(onnx_file, self.meta)
         self.metrics = document.get("metrics")
 
@@ -172,18 +188,24 @@ class Predictor:
     def describe(self) -> dict:
         """What a client needs to know about the model (the service's GET /model)."""
         # the model's name, not where it lies: the service shows this to any client
-        return {"source": Path(self.source).name, "backend": self.backend, **asdict(self.meta),
-                "metrics": self.metrics}
+        return {
+            "source": Path(self.source).name,
+            "backend": self.backend,
+            **asdict(self.meta),
+            "metrics": self.metrics,
+        }
 
-    def load_pixels(self, source: str | os.PathLike | bytes, name: str | None = None,
-                    ) -> np.ndarray:
+    def load_pixels(
+        self,
+        source: str | os.PathLike | bytes,
+        name: str | None = None,
+    ) -> np.ndarray:
         """One file (or its bytes) -> (H, W, 3) uint8, exactly as the training cache decodes it.
 
         name: what errors call it (default: the path, or "<upload>" for bytes).
         """
         size = self.meta.image_size
-        return decode_image(source, (size, size), max_pixels=self.max_pixels,
-                            path_for_errors=name)
+        return decode_image(source, (size, size), max_pixels=self.max_pixels, path_for_errors=name)
 
     def preprocess(self, path: str | os.PathLike) -> torch.Tensor:
         """One file -> the (1, 3, H, W) float tensor the model sees."""
@@ -193,12 +215,13 @@ class Predictor:
         """(N, H, W, 3) uint8 images of the model's size -> (N, classes) probabilities."""
         if self.onnx:
             return self.onnx.predict_proba(pixels, self.batch_size)
-        return predict_proba(self.model, pixels, self.device, self.batch_size,
-                             tta_flip=self.meta.tta_flip)
+        return predict_proba(
+            self.model, pixels, self.device, self.batch_size, tta_flip=self.meta.tta_flip
+        )
 
     def top(self, probabilities: np.ndarray, top_k: int) -> tuple[list[str], list[float]]:
         """One row of probabilities -> the top_k labels and their probabilities, best first."""
-        best = np.argsort(-probabilities, kind="stable")[:max(1, min(top_k, len(self.classes)))]
+        best = np.argsort(-probabilities, kind="stable")[: max(1, min(top_k, len(self.classes)))]
         return [self.classes[i] for i in best], [float(probabilities[i]) for i in best]
 
     def predict(self, inputs: Input | Iterable[Input], top_k: int = 1) -> list[Prediction]:
@@ -209,8 +232,9 @@ class Predictor:
 
     __call__ = predict
 
-    def predict_iter(self, inputs: Input | Iterable[Input], top_k: int = 1,
-                     progress: bool = False) -> Iterator[Prediction]:
+    def predict_iter(
+        self, inputs: Input | Iterable[Input], top_k: int = 1, progress: bool = False
+    ) -> Iterator[Prediction]:
         """predict() as a stream, in input order, a batch at a time; progress: a bar on stderr."""
         items = list(_inputs(inputs))
         batch: list[Prediction] = []
@@ -230,16 +254,18 @@ class Predictor:
             yield from self._finish(batch, pixels, top_k)
             bar.update(len(batch))
 
-    def _finish(self, batch: list[Prediction], pixels: list[np.ndarray],
-                top_k: int) -> list[Prediction]:
+    def _finish(
+        self, batch: list[Prediction], pixels: list[np.ndarray], top_k: int
+    ) -> list[Prediction]:
         good = [p for p in batch if p.error is None]
         if good:
             for prediction, row in zip(good, self.predict_pixels(np.stack(pixels))):
                 prediction.labels, prediction.probabilities = self.top(row, top_k)
         return batch
 
-    def _decoded(self, items: list[tuple[str, Path | Image.Image]]
-                 ) -> Iterator[tuple[str, np.ndarray | str]]:
+    def _decoded(
+        self, items: list[tuple[str, Path | Image.Image]]
+    ) -> Iterator[tuple[str, np.ndarray | str]]:
         """(name, pixels or skip reason) in order; at most two batches decoded ahead."""
         size = (self.meta.image_size, self.meta.image_size)
 

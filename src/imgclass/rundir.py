@@ -40,8 +40,10 @@ def check_out_folder(out: Path) -> None:
     foreign = sorted(name for name in os.listdir(out) if name not in _EARLY)
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise FileExistsError(f"{out}: holds files that are not an imgclass run ({shown}); "
-                              "choose another --out (--overwrite replaces only a run)")
+        raise FileExistsError(
+            f"{out}: holds files that are not an imgclass run ({shown}); "
+            "choose another --out (--overwrite replaces only a run)"
+        )
 
 
 @contextlib.contextmanager
@@ -65,9 +67,11 @@ def locked(run_dir: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise FileExistsError(f"{run_dir}: another imgclass process (pid {holder}) is "
-                                  "training into it; wait for it to end, or choose another "
-                                  "--out") from None
+            raise FileExistsError(
+                f"{run_dir}: another imgclass process (pid {holder}) is "
+                "training into it; wait for it to end, or choose another "
+                "--out"
+            ) from None
         try:  # the file locked is still the one at the path (not removed by a holder ending)
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 break

@@ -98,8 +98,9 @@ def configure(threads: int | None = None) -> None:
     allocator = _keep_freed_memory()
     torch.set_num_threads(threads or usable_cores())
     _configured = True
-    log.debug("runtime: %d threads, glibc keeps freed memory: %s",
-              torch.get_num_threads(), allocator)
+    log.debug(
+        "runtime: %d threads, glibc keeps freed memory: %s", torch.get_num_threads(), allocator
+    )
 
 
 NATIVE_BF16_VARIABLE = "IMGCLASS_NATIVE_BF16"
@@ -132,8 +133,10 @@ def cpu_has_native_bf16() -> bool:
     if value in ("0", "1"):
         return value == "1"
     if value:
-        raise ValueError(f"{NATIVE_BF16_VARIABLE}={value!r}: set it to 1 (bf16 on the CPU) or 0 "
-                         "(fp32), or unset it to read the CPU's flags")
+        raise ValueError(
+            f"{NATIVE_BF16_VARIABLE}={value!r}: set it to 1 (bf16 on the CPU) or 0 "
+            "(fp32), or unset it to read the CPU's flags"
+        )
     return any(flag in _cpu_flags() for flag in _BF16_FLAGS)
 
 
@@ -143,13 +146,16 @@ def describe_cpu() -> str:
     model = _cpuinfo("model name")
     flags = _cpu_flags()
     shown = " ".join(flag for flag in _SHOWN_FLAGS if flag in flags) or "none of " + "/".join(
-        _SHOWN_FLAGS)
+        _SHOWN_FLAGS
+    )
     value = os.environ.get(NATIVE_BF16_VARIABLE, "").strip()
     source = f"{NATIVE_BF16_VARIABLE}={value}" if value else "read from the CPU"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"CPU: {model or 'unknown'}, {usable_cores()} usable cores; flags: {shown}; "
-            f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'} ({source}); "
-            f"load average: {load}")
+    return (
+        f"CPU: {model or 'unknown'}, {usable_cores()} usable cores; flags: {shown}; "
+        f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'} ({source}); "
+        f"load average: {load}"
+    )
 
 
 def parse_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -171,12 +177,15 @@ def parse_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
         raise ValueError(f"unknown device {spec!r}: choose auto, cpu, cuda, cuda:N or mps") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r}: no CUDA GPU is available here (torch "
-                             f"{torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+            raise ValueError(
+                f"device {spec!r}: no CUDA GPU is available here (torch "
+                f"{torch.__version__}, CUDA build: {torch.version.cuda is not None})"
+            )
         index = local_rank if device.index is None else device.index
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: GPU {index} asked for, "
-                             f"{torch.cuda.device_count()} available")
+            raise ValueError(
+                f"device {spec!r}: GPU {index} asked for, {torch.cuda.device_count()} available"
+            )
         return torch.device("cuda", index)
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {spec!r}: Apple's MPS is not available here")
@@ -198,8 +207,7 @@ class Device:
     amp: torch.dtype | None
 
     @classmethod
-    def select(cls, precision: str = "auto", device: str = "auto",
-               local_rank: int = 0) -> Device:
+    def select(cls, precision: str = "auto", device: str = "auto", local_rank: int = 0) -> Device:
         """auto precision: bf16 on GPUs that support it, else fp16 (with a grad scaler); on the
         CPU bf16 only where it is native; fp32 on MPS."""
         where = parse_device(device, local_rank)
@@ -209,8 +217,7 @@ class Device:
             else:
                 precision = "bf16" if where.type == "cpu" and cpu_has_native_bf16() else "fp32"
         if precision == "fp16" and where.type != "cuda":
-            raise ValueError(f"precision fp16 needs a CUDA GPU (device {where}); use bf16 or "
-                             "fp32")
+            raise ValueError(f"precision fp16 needs a CUDA GPU (device {where}); use bf16 or fp32")
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         return cls(where, amp)
 

@@ -24,8 +24,9 @@ def tensorboard(run_dir: Path) -> Iterator[Callable[[Any], None] | None]:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch raises it when the tensorboard package is missing
-        log.debug("tensorboard is not installed: no event files "
-                  "(pip install imgclass[tensorboard])")
+        log.debug(
+            "tensorboard is not installed: no event files (pip install imgclass[tensorboard])"
+        )
         yield None
         return
     writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
@@ -33,8 +34,11 @@ def tensorboard(run_dir: Path) -> Iterator[Callable[[Any], None] | None]:
     def write(stats: Any) -> None:
         for name, value in dataclasses.asdict(stats).items():
             if name != "epoch":  # train_loss -> train/loss, images_per_s stays as it is
-                writer.add_scalar(name.replace("_", "/", 1) if name.startswith(("train_", "val_"))
-                                  else name, value, stats.epoch)
+                writer.add_scalar(
+                    name.replace("_", "/", 1) if name.startswith(("train_", "val_")) else name,
+                    value,
+                    stats.epoch,
+                )
         writer.flush()
 
     try:

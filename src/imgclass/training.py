@@ -66,7 +66,7 @@ from imgclass.html_report import REPORT, write_report
 from imgclass.models.backbones import Backbone, FeatureHead
 from imgclass.models.summary import model_summary
 from imgclass.optim import build_optimizer, build_schedule
-from imgclass.report import plot_curves
+from imgclass.plots import plot_curves
 from imgclass.runtime import Device
 from imgclass.tracking import tensorboard
 from imgclass.training_setup import (
@@ -118,10 +118,17 @@ class FitResult:
     interrupted: bool
 
 
-def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
-                    schedule: LRScheduler | None, loss_fn: nn.Module, device: Device,
-                    bar: tqdm, scaler: torch.amp.GradScaler | None = None,
-                    ranks: Context = distributed.SINGLE) -> tuple[float, float, float]:
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    optimizer: torch.optim.Optimizer,
+    schedule: LRScheduler | None,
+    loss_fn: nn.Module,
+    device: Device,
+    bar: tqdm,
+    scaler: torch.amp.GradScaler | None = None,
+    ranks: Context = distributed.SINGLE,
+) -> tuple[float, float, float]:
     """One pass over the training batches -> (loss, accuracy, share of the time spent waiting).
 
     scaler: fp16 loss scaling (Device.grad_scaler). Loss and accuracy are over all ranks.
@@ -153,19 +160,27 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 
 
 @torch.no_grad()
-def validate(model: nn.Module, data: Tensors, device: Device, num_classes: int,
-             batch_size: int, tta_flip: bool = False) -> tuple[float, float, float]:
+def validate(
+    model: nn.Module,
+    data: Tensors,
+    device: Device,
+    num_classes: int,
+    batch_size: int,
+    tta_flip: bool = False,
+) -> tuple[float, float, float]:
     """(loss, accuracy, macro-F1) on a split; the loss is unweighted whatever the class weights.
 
     batch_size: the training batch size, so that the activations fit in the memory training has
     already taken (larger batches made the seed recipe's peak RSS ~70 MB larger).
     """
-    probabilities = torch.from_numpy(predict_proba(model, data.pixels, device, batch_size,
-                                                   tta_flip=tta_flip))
+    probabilities = torch.from_numpy(
+        predict_proba(model, data.pixels, device, batch_size, tta_flip=tta_flip)
+    )
     labels = data.labels.cpu()
     loss = nn.functional.nll_loss(torch.log(probabilities.clamp_min(1e-12)), labels)
-    scores = classification_metrics(labels.numpy(), probabilities.argmax(1).numpy(),
-                                    [str(c) for c in range(num_classes)])
+    scores = classification_metrics(
+        labels.numpy(), probabilities.argmax(1).numpy(), [str(c) for c in range(num_classes)]
+    )
     return loss.item(), scores.accuracy, scores.macro_f1
 
 
@@ -204,17 +219,29 @@ def _set_frozen(model: nn.Module, config: TrainConfig, epoch: int) -> None:
     assert isinstance(model, Backbone), "check_model_options allows freeze_epochs on backbones"
     model.freeze(frozen)
     if frozen:
-        log.info("epoch %d: backbone frozen (until epoch %d), training the new head only",
-                 epoch, config.freeze_epochs)
+        log.info(
+            "epoch %d: backbone frozen (until epoch %d), training the new head only",
+            epoch,
+            config.freeze_epochs,
+        )
     elif epoch == config.freeze_epochs + 1:
         log.info("epoch %d: backbone unfrozen, training all layers", epoch)
 
 
-def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainConfig,
-        device: Device, num_classes: int, progress: bool = False, *,
-        checkpoint_dir: Path | None = None, resume: TrainingState | None = None,
-        ranks: Context = distributed.SINGLE,
-        on_epoch: Callable[[EpochStats], None] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_data: Tensors,
+    val_data: Tensors,
+    config: TrainConfig,
+    device: Device,
+    num_classes: int,
+    progress: bool = False,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: TrainingState | None = None,
+    ranks: Context = distributed.SINGLE,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
     """Train with early stopping on validation loss; the model ends with the best weights.
 
     checkpoint_dir: save a checkpoint there after every epoch (rank 0). resume: continue from one.
@@ -226,14 +253,17 @@ def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainC
     """
     if config.freeze_epochs and ranks.world_size > 1:  # DDP fixes the trained set at wrapping
         raise ValueError("--freeze-epochs does not work under torchrun yet: train in one process")
-    steps_per_epoch = len(distributed.batch_bounds(len(train_data.labels), config.batch_size,
-                                                   ranks.world_size))
+    steps_per_epoch = len(
+        distributed.batch_bounds(len(train_data.labels), config.batch_size, ranks.world_size)
+    )
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, steps_per_epoch)
     loss_fn = training_loss(config, train_data.labels, num_classes, device)
     # one epoch order for all ranks; augmentation draws of their own
-    streams = {"shuffle": runtime.generator(config.seed, "shuffle"),
-               "augment": runtime.generator(config.seed, ranks.stream("augment"))}
+    streams = {
+        "shuffle": runtime.generator(config.seed, "shuffle"),
+        "augment": runtime.generator(config.seed, ranks.stream("augment")),
+    }
     scaler = device.grad_scaler()
     trained = ranks.wrap(model, device.torch_device)
     augment = augmentation(config, streams["augment"], num_classes, train_data)
@@ -260,38 +290,77 @@ def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainC
             _set_frozen(model, config, epoch)
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            order = epoch_order(train_data.labels.cpu(), streams["shuffle"],
-                                balanced=config.sampler == "balanced")
-            batches = prefetch(iterate_batches(train_data.pixels, train_data.labels,
-                                               config.batch_size, order=order, augment=augment,
-                                               shard=ranks.batches))
-            bar = tqdm(total=len(order) // ranks.world_size, unit="img",
-                       desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                       disable=None if progress and ranks.is_main else True)
+            order = epoch_order(
+                train_data.labels.cpu(), streams["shuffle"], balanced=config.sampler == "balanced"
+            )
+            batches = prefetch(
+                iterate_batches(
+                    train_data.pixels,
+                    train_data.labels,
+                    config.batch_size,
+                    order=order,
+                    augment=augment,
+                    shard=ranks.batches,
+                )
+            )
+            bar = tqdm(
+                total=len(order) // ranks.world_size,
+                unit="img",
+                desc=f"epoch {epoch}/{config.epochs}",
+                leave=False,
+                disable=None if progress and ranks.is_main else True,
+            )
             try:
-                train_loss, train_acc, waited = train_one_epoch(trained, batches, optimizer,
-                                                                schedule, loss_fn, device, bar,
-                                                                scaler, ranks)
+                train_loss, train_acc, waited = train_one_epoch(
+                    trained, batches, optimizer, schedule, loss_fn, device, bar, scaler, ranks
+                )
             finally:
                 batches.close()  # the producer thread stops drawing from the streams
             train_seconds = time.perf_counter() - start
             # rank 0 validates; every rank stops early on the same numbers
             val_loss, val_acc, val_f1 = ranks.from_main(
-                validate(model, val_data, device, num_classes, config.batch_size,
-                         config.tta_flip)
-                if ranks.is_main else (0, 0, 0))
-            stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, val_f1,
-                               time.perf_counter() - start,
-                               len(train_data.labels) / train_seconds, waited, lr)
+                validate(model, val_data, device, num_classes, config.batch_size, config.tta_flip)
+                if ranks.is_main
+                else (0, 0, 0)
+            )
+            stats = EpochStats(
+                epoch,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                val_f1,
+                time.perf_counter() - start,
+                len(train_data.labels) / train_seconds,
+                waited,
+                lr,
+            )
             history.append(stats)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f "
-                     "macro-F1 %.4f  %.1f s  %.0f img/s", epoch, config.epochs, train_loss,
-                     train_acc, val_loss, val_acc, val_f1, stats.seconds, stats.images_per_s)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f "
+                "macro-F1 %.4f  %.1f s  %.0f img/s",
+                epoch,
+                config.epochs,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                val_f1,
+                stats.seconds,
+                stats.images_per_s,
+            )
             stop = stopper.should_stop(epoch, val_loss, model)
             state = TrainingState.capture(
-                [asdict(h) for h in history], stop, model, optimizer, schedule, streams,
-                (stopper.best_loss, stopper.best_epoch, stopper.best_state), config.to_dict(),
-                copy_tensors=checkpoint_dir is None)
+                [asdict(h) for h in history],
+                stop,
+                model,
+                optimizer,
+                schedule,
+                streams,
+                (stopper.best_loss, stopper.best_epoch, stopper.best_state),
+                config.to_dict(),
+                copy_tensors=checkpoint_dir is None,
+            )
             state.rng = ranks.gather_rng(state.rng)
             if checkpoint_dir is not None:
                 if ranks.is_main:
@@ -302,8 +371,10 @@ def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainC
             if on_epoch is not None:
                 on_epoch(stats)
             if stop:
-                log.info("early stopping: validation loss has not improved for %d epochs",
-                         config.patience)
+                log.info(
+                    "early stopping: validation loss has not improved for %d epochs",
+                    config.patience,
+                )
     except KeyboardInterrupt:
         if completed is None and checkpoint_dir is not None and history:
             completed = load_checkpoint(checkpoint_dir)
@@ -311,12 +382,18 @@ def fit(model: nn.Module, train_data: Tensors, val_data: Tensors, config: TrainC
             raise
         history = restore(completed)
         interrupted = True
-        log.warning("interrupted: epoch %d abandoned, the run ends with epoch %d",
-                    completed.epoch + 1, completed.epoch)
+        log.warning(
+            "interrupted: epoch %d abandoned, the run ends with epoch %d",
+            completed.epoch + 1,
+            completed.epoch,
+        )
     kept = stopper.restore(model, history[-1].epoch)
     if kept != history[-1].epoch:
-        log.info("restored the weights of epoch %d (lowest validation loss %.4f)",
-                 kept, stopper.best_loss)
+        log.info(
+            "restored the weights of epoch %d (lowest validation loss %.4f)",
+            kept,
+            stopper.best_loss,
+        )
     return FitResult(history, kept, interrupted)
 
 
@@ -327,8 +404,9 @@ def _resumed_state(folder: Path, config: TrainConfig) -> TrainingState | None:
         return None
     state = load_checkpoint(folder)
     if state.config != config.to_dict():
-        raise CheckpointError(f"{folder / CHECKPOINT}: written with another configuration than "
-                              f"the run's config.json")
+        raise CheckpointError(
+            f"{folder / CHECKPOINT}: written with another configuration than the run's config.json"
+        )
     return state
 
 
@@ -352,31 +430,36 @@ def _finished(run_dir: Path) -> bool:
     return metrics.is_file() and not atomic.read_json(metrics).get("interrupted", False)
 
 
-def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str,
-             overwrite: bool) -> Path:
+def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str, overwrite: bool) -> Path:
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{data_dir.resolve().name}-{recipe}-{stamp}"
     out = Path(out)
     data = data_dir.resolve()
     if out.resolve() == data or out.resolve().is_relative_to(data):
-        raise ValueError(f"--out {out} is inside the data folder {data_dir}: the run's files "
-                         "would be read as photos; choose a folder outside it")
+        raise ValueError(
+            f"--out {out} is inside the data folder {data_dir}: the run's files "
+            "would be read as photos; choose a folder outside it"
+        )
     rundir.check_out_folder(out)
     if not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
         if _finished(out):
-            raise FileExistsError(f"{out}: holds a finished run; choose another --out or "
-                                  "overwrite")
-        raise FileExistsError(f"{out}: holds an unfinished run; continue it with --resume "
-                              f"{out}, or choose another --out or overwrite")
+            raise FileExistsError(f"{out}: holds a finished run; choose another --out or overwrite")
+        raise FileExistsError(
+            f"{out}: holds an unfinished run; continue it with --resume "
+            f"{out}, or choose another --out or overwrite"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def _remove_checkpoints(run_dir: Path) -> int:
     """Remove a run's resume checkpoints (its fine-tuning stage's too); returns their bytes."""
-    files = [folder / name for folder in (run_dir, run_dir / FINETUNE)
-             for name in (CHECKPOINT, CHECKPOINT_SUMMARY)]
+    files = [
+        folder / name
+        for folder in (run_dir, run_dir / FINETUNE)
+        for name in (CHECKPOINT, CHECKPOINT_SUMMARY)
+    ]
     freed = sum(path.stat().st_size for path in files if path.is_file())
     for path in files:
         path.unlink(missing_ok=True)
@@ -410,8 +493,12 @@ def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
 
 def _environment(device: Device, ranks: Context) -> dict:
     """Where a run trains, as config.json records it (rank 0's view under torchrun)."""
-    return {"device_used": str(device.torch_device), "precision_used": device.precision,
-            "threads": torch.get_num_threads(), "processes": ranks.world_size}
+    return {
+        "device_used": str(device.torch_device),
+        "precision_used": device.precision,
+        "threads": torch.get_num_threads(),
+        "processes": ranks.world_size,
+    }
 
 
 def _warn_if_moved(run_dir: Path, stored: dict, device: Device, ranks: Context) -> None:
@@ -419,8 +506,12 @@ def _warn_if_moved(run_dir: Path, stored: dict, device: Device, ranks: Context) 
     before = {"processes": 1} | {k: stored[k] for k in now if k in stored}
     changed = [f"{k} {before.get(k)} -> {v}" for k, v in now.items() if before.get(k) != v]
     if changed and ranks.is_main:
-        log.warning("%s: resumed with another %s: the results may differ in the last digits "
-                    "from an uninterrupted run", run_dir, ", ".join(changed))
+        log.warning(
+            "%s: resumed with another %s: the results may differ in the last digits "
+            "from an uninterrupted run",
+            run_dir,
+            ", ".join(changed),
+        )
 
 
 def _export(run_dir: Path, body: Path | None = None) -> None:
@@ -434,8 +525,12 @@ def _export(run_dir: Path, body: Path | None = None) -> None:
     except Exception as err:  # the exporter raises many types; the model is saved already
         if caused_by_ctrl_c(err):
             raise KeyboardInterrupt from err
-        log.warning("%s: model.onnx not written (%s); predict and serve use PyTorch, "
-                    "`imgclass export` retries", run_dir, str(err).splitlines()[0])
+        log.warning(
+            "%s: model.onnx not written (%s); predict and serve use PyTorch, "
+            "`imgclass export` retries",
+            run_dir,
+            str(err).splitlines()[0],
+        )
 
 
 def _report(run_dir: Path) -> None:
@@ -453,8 +548,10 @@ def _ctrl_c(defer: bool) -> Iterator[None]:
     that lands in a finaliser or a weakref callback, and torch's exporter runs many. Signals
     reach the main thread only: elsewhere, or when SIGINT has a handler of someone else's, this
     does nothing."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     pressed: list[int] = []
@@ -473,11 +570,19 @@ def _ctrl_c(defer: bool) -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *,
-          recipe: str | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True, overwrite: bool = False,
-          resume: str | os.PathLike | None = None, export: bool = True,
-          keep_checkpoint: bool = False, **overrides) -> TrainResult:
+def train(
+    data_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    recipe: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: str | os.PathLike | None = None,
+    export: bool = True,
+    keep_checkpoint: bool = False,
+    **overrides,
+) -> TrainResult:
     """Train a classifier on a class-folder tree or a CSV of path,label rows (default: the
     built-in digits) into a run folder.
 
@@ -499,12 +604,22 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
     runtime.configure(ranks.threads())
     stored = None
     if resume is not None:
-        given = [name for name, value in (("data_dir", data_dir), ("out", out),
-                                          ("recipe", recipe), ("overwrite", overwrite or None),
-                                          *overrides.items()) if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("data_dir", data_dir),
+                ("out", out),
+                ("recipe", recipe),
+                ("overwrite", overwrite or None),
+                *overrides.items(),
+            )
+            if value is not None
+        ]
         if given:
-            raise ValueError(f"resume continues {resume} with the recipe, options and data "
-                             f"stored in it: leave out {', '.join(given)}")
+            raise ValueError(
+                f"resume continues {resume} with the recipe, options and data "
+                f"stored in it: leave out {', '.join(given)}"
+            )
         run_dir = Path(resume)
         config, stored = _stored_run(run_dir)
         data_dir = Path(stored["data_dir"])
@@ -524,8 +639,7 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
             if data_dir is None:
                 with ranks.main_first():
                     data_dir = digits_folder(cache_dir)
-                log.info("no data folder given: using the built-in digits data set (%s)",
-                         data_dir)
+                log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
             data_dir = Path(data_dir)
             run_dir = ranks.on_main(lambda: _run_dir(out, data_dir, config.recipe, overwrite))
         # one process trains into a folder at a time (rank 0 for all under torchrun)
@@ -533,8 +647,18 @@ def train(data_dir: str | os.PathLike | None = None, out: str | os.PathLike | No
             if stored is None and ranks.is_main:
                 _clear_stale(run_dir)
             with _run_log(run_dir, append=stored is not None, write=ranks.is_main):
-                return _train(data_dir, run_dir, config, cache_dir, progress, stored, device,
-                              ranks, export, keep_checkpoint)
+                return _train(
+                    data_dir,
+                    run_dir,
+                    config,
+                    cache_dir,
+                    progress,
+                    stored,
+                    device,
+                    ranks,
+                    export,
+                    keep_checkpoint,
+                )
     finally:
         package_log.setLevel(level)
         ranks.stop()
@@ -546,8 +670,9 @@ def _run_log(run_dir: Path, append: bool, write: bool) -> Iterator[None]:
     if not write:
         yield
         return
-    handler = logging.FileHandler(run_dir / "train.log", mode="a" if append else "w",
-                                  encoding="utf-8")
+    handler = logging.FileHandler(
+        run_dir / "train.log", mode="a" if append else "w", encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("imgclass").addHandler(handler)
     try:
@@ -561,49 +686,83 @@ def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
     """The split in split.json as indices into the data loaded again; DataError if it changed."""
     split, changed = saved_split(run_dir / "split.json", dataset)
     if changed:
-        raise DataError(f"{dataset.root}: {len(changed)} files of {run_dir / 'split.json'} are "
-                        f"missing or changed ({', '.join(changed[:3])}"
-                        f"{', ...' if len(changed) > 3 else ''}); resuming needs the data the "
-                        "run started with")
+        raise DataError(
+            f"{dataset.root}: {len(changed)} files of {run_dir / 'split.json'} are "
+            f"missing or changed ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}); resuming needs the data the "
+            "run started with"
+        )
     added = len(dataset.paths) - len(split.train) - len(split.val)
     if added:
         log.warning("%s: %d files added since the run started are left out", dataset.root, added)
     return split
 
 
-def _write_run_description(run_dir: Path, config: TrainConfig, data_dir: Path, dataset: Dataset,
-                           split: Split, device: Device, ranks: Context,
-                           model: nn.Module) -> None:
+def _write_run_description(
+    run_dir: Path,
+    config: TrainConfig,
+    data_dir: Path,
+    dataset: Dataset,
+    split: Split,
+    device: Device,
+    ranks: Context,
+    model: nn.Module,
+) -> None:
     """config.json, split.json, skipped.json, scan.json: what the run is, written before fitting.
 
     config.json's pretrained_weights: where the backbone's starting weights came from (source,
     file, sha256), None without pretrained weights."""
-    atomic.write_json(run_dir / "config.json", {
-        **config.to_dict(), "data_dir": str(data_dir.resolve()), "classes": dataset.classes,
-        "pretrained_weights": getattr(model, "weights", None), **_environment(device, ranks)})
-    atomic.write_json(run_dir / "split.json",
-                      split_json(split, dataset, config.seed, config.val_split))
-    atomic.write_json(run_dir / "skipped.json",
-                      [{"path": s.path, "reason": s.reason} for s in dataset.skipped])
+    atomic.write_json(
+        run_dir / "config.json",
+        {
+            **config.to_dict(),
+            "data_dir": str(data_dir.resolve()),
+            "classes": dataset.classes,
+            "pretrained_weights": getattr(model, "weights", None),
+            **_environment(device, ranks),
+        },
+    )
+    atomic.write_json(
+        run_dir / "split.json", split_json(split, dataset, config.seed, config.val_split)
+    )
+    atomic.write_json(
+        run_dir / "skipped.json", [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
+    )
     atomic.write_json(run_dir / "scan.json", dataset.report.to_dict())
 
 
-def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
-           cache_dir: str | os.PathLike | None, progress: bool,
-           stored: dict | None, device: Device, ranks: Context,
-           export: bool, keep_checkpoint: bool) -> TrainResult:
+def _train(
+    data_dir: Path,
+    run_dir: Path,
+    config: TrainConfig,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+    stored: dict | None,
+    device: Device,
+    ranks: Context,
+    export: bool,
+    keep_checkpoint: bool,
+) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
 
     def resumed_split(dataset: Dataset) -> Split:
         if dataset.classes != stored["classes"]:
-            raise DataError(f"{dataset.root}: classes changed since the run started "
-                            f"({', '.join(stored['classes'])} -> {', '.join(dataset.classes)})")
+            raise DataError(
+                f"{dataset.root}: classes changed since the run started "
+                f"({', '.join(stored['classes'])} -> {', '.join(dataset.classes)})"
+            )
         return _saved_split(run_dir, dataset)
 
-    setup = setup_training(data_dir, config, cache_dir, device, ranks=ranks,
-                           split=resumed_split if stored is not None else None,
-                           progress=progress)
+    setup = setup_training(
+        data_dir,
+        config,
+        cache_dir,
+        device,
+        ranks=ranks,
+        split=resumed_split if stored is not None else None,
+        progress=progress,
+    )
     dataset, split = setup.dataset, setup.split
     resume = _resumed_state(run_dir, config) if stored is not None else None
     if stored is not None and resume is None:
@@ -612,18 +771,31 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
     # own), and before a new run writes anything, so a bad weights file leaves no run behind
     model = setup.new_model(dataclasses.replace(config, pretrained=None) if resume else config)
     if stored is None and ranks.is_main:
-        _write_run_description(run_dir, config, data_dir, dataset, split, device, ranks,
-                               setup.backbone or model)
-    log.info("%s", model_summary(setup.backbone or model, config.image_size,
-                                 title=f"model {config.model}"))
+        _write_run_description(
+            run_dir, config, data_dir, dataset, split, device, ranks, setup.backbone or model
+        )
+    log.info(
+        "%s",
+        model_summary(setup.backbone or model, config.image_size, title=f"model {config.model}"),
+    )
     if setup.backbone is not None:
         log.info("training its new head on the backbone's cached features")
     if not ranks.is_main:  # dropout masks of its own
         torch.manual_seed(runtime.stream_seed(config.seed, ranks.stream("dropout")))
     with tensorboard(run_dir) if ranks.is_main else contextlib.nullcontext() as on_epoch:
-        fitted = fit(model, setup.train, setup.val, config, device, setup.num_classes,
-                     progress, checkpoint_dir=run_dir, resume=resume, ranks=ranks,
-                     on_epoch=on_epoch)
+        fitted = fit(
+            model,
+            setup.train,
+            setup.val,
+            config,
+            device,
+            setup.num_classes,
+            progress,
+            checkpoint_dir=run_dir,
+            resume=resume,
+            ranks=ranks,
+            on_epoch=on_epoch,
+        )
         if config.finetune_epochs and not fitted.interrupted:
             model = setup.model_to_save(model)  # the backbone with the head just trained
             tuning = config.finetuning()
@@ -633,49 +805,84 @@ def _train(data_dir: Path, run_dir: Path, config: TrainConfig,
                 setup = setup.with_images()
             folder = run_dir / FINETUNE
             folder.mkdir(exist_ok=True)
-            log.info("fine-tuning %s for %d epochs (lr %.3g, backbone x %g)",
-                     f"the last {tuning.finetune_stages} stages" if tuning.finetune_stages
-                     else "every layer", tuning.epochs, tuning.lr, tuning.backbone_lr_scale)
+            log.info(
+                "fine-tuning %s for %d epochs (lr %.3g, backbone x %g)",
+                f"the last {tuning.finetune_stages} stages"
+                if tuning.finetune_stages
+                else "every layer",
+                tuning.epochs,
+                tuning.lr,
+                tuning.backbone_lr_scale,
+            )
             offset = len(fitted.history)  # the stage's epochs numbered after the head's
-            tuned = fit(model, setup.train, setup.val, tuning, device, setup.num_classes,
-                        progress, checkpoint_dir=folder,
-                        resume=_resumed_state(folder, tuning) if stored else None, ranks=ranks,
-                        on_epoch=on_epoch and (lambda stats: on_epoch(dataclasses.replace(
-                            stats, epoch=stats.epoch + offset))))
+            tuned = fit(
+                model,
+                setup.train,
+                setup.val,
+                tuning,
+                device,
+                setup.num_classes,
+                progress,
+                checkpoint_dir=folder,
+                resume=_resumed_state(folder, tuning) if stored else None,
+                ranks=ranks,
+                on_epoch=on_epoch
+                and (
+                    lambda stats: on_epoch(dataclasses.replace(stats, epoch=stats.epoch + offset))
+                ),
+            )
             fitted = _joined(fitted, tuned)
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
     runtime.release_freed_memory()  # activations, gradients, optimiser state: done with
     if not ranks.is_main:  # rank 0 writes the run's files
-        return TrainResult(run_dir, config, dataset.classes, history, restored, {}, interrupted,
-                           ranks.rank)
+        return TrainResult(
+            run_dir, config, dataset.classes, history, restored, {}, interrupted, ranks.rank
+        )
 
     # Ctrl-C while the run's files are written waits for them (seconds), then skips what
     # `imgclass export` and `imgclass report` can write later
-    body = (feature_folder(setup.backbone, config.image_size, cache_dir) / FEATURES_ONNX
-            if isinstance(model, FeatureHead) else None)  # else layers below the head trained
-    later = ([(ONNX_FILE, lambda run: _export(run, body))] if export else []) + [
-        (REPORT, _report)]
+    body = (
+        feature_folder(setup.backbone, config.image_size, cache_dir) / FEATURES_ONNX
+        if isinstance(model, FeatureHead)
+        else None
+    )  # else layers below the head trained
+    later = ([(ONNX_FILE, lambda run: _export(run, body))] if export else []) + [(REPORT, _report)]
     unwritten = [name for name, _ in later]
     try:
         with _ctrl_c(defer=True):
             metrics = _save_results(run_dir, model, setup, fitted, started)
             if not interrupted and not keep_checkpoint:  # finished: nothing left to resume
-                log.info("removed the resume checkpoint (%.0f MB): the run is finished "
-                         "(--keep-checkpoint keeps it)", _remove_checkpoints(run_dir) / 1e6)
+                log.info(
+                    "removed the resume checkpoint (%.0f MB): the run is finished "
+                    "(--keep-checkpoint keeps it)",
+                    _remove_checkpoints(run_dir) / 1e6,
+                )
         for name, write in later:
             with _ctrl_c(defer=False):
                 write(run_dir)
                 unwritten.remove(name)
     except KeyboardInterrupt:
         if unwritten:  # else the press was swallowed in the last step, which finished
-            log.warning("%s: interrupted once the run was saved; not written: %s", run_dir,
-                        ", ".join(unwritten))
-    return TrainResult(run_dir, config, dataset.classes, history, restored, metrics, interrupted,
-                       unwritten=tuple(unwritten))
+            log.warning(
+                "%s: interrupted once the run was saved; not written: %s",
+                run_dir,
+                ", ".join(unwritten),
+            )
+    return TrainResult(
+        run_dir,
+        config,
+        dataset.classes,
+        history,
+        restored,
+        metrics,
+        interrupted,
+        unwritten=tuple(unwritten),
+    )
 
 
-def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted: FitResult,
-                  started: float) -> dict:
+def _save_results(
+    run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted: FitResult, started: float
+) -> dict:
     """The files of a finished run: the model (setup.model_to_save), history, curves, validation
     metrics and predictions (of `model`, the one trained, on what it was validated on), and
     metrics.json last (a run without it can be resumed). Returns the metrics."""
@@ -683,8 +890,13 @@ def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted:
     device = setup.device
     history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
     saved = setup.model_to_save(model)
-    save_model(run_dir, saved, ModelMeta.describe(saved, dataset.classes, config.image_size,
-                                                  config.model, config.tta_flip))
+    save_model(
+        run_dir,
+        saved,
+        ModelMeta.describe(
+            saved, dataset.classes, config.image_size, config.model, config.tta_flip
+        ),
+    )
     rows = [asdict(h) for h in history]
     atomic.write_text(run_dir / "history.csv", _history_csv(rows))
     columns = {k: [row[k] for row in rows] for k in rows[0]}
@@ -692,41 +904,68 @@ def _save_results(run_dir: Path, model: nn.Module, setup: TrainingSetup, fitted:
 
     def scored(side: Tensors) -> tuple[np.ndarray, np.ndarray, ClassificationMetrics]:
         """(probabilities, labels, metrics) of `model` on one side of the split."""
-        probabilities = predict_proba(model, side.pixels, device, config.batch_size,
-                                      tta_flip=config.tta_flip)
+        probabilities = predict_proba(
+            model, side.pixels, device, config.batch_size, tta_flip=config.tta_flip
+        )
         labels = side.labels.cpu().numpy()  # the labels may be on a GPU
-        return probabilities, labels, classification_metrics(labels, probabilities.argmax(1),
-                                                             dataset.classes)
+        return (
+            probabilities,
+            labels,
+            classification_metrics(labels, probabilities.argmax(1), dataset.classes),
+        )
 
     probabilities, val_labels, validation = scored(val_data)
     write_metrics(validation, run_dir)
     best = max(history, key=lambda h: h.val_acc)
     metrics = {
-        "best_val_acc": best.val_acc, "best_val_acc_epoch": best.epoch,
+        "best_val_acc": best.val_acc,
+        "best_val_acc_epoch": best.epoch,
         "best_val_macro_f1": max(h.val_macro_f1 for h in history),
-        "restored_epoch": restored, "restored_val_acc": history[restored - 1].val_acc,
+        "restored_epoch": restored,
+        "restored_val_acc": history[restored - 1].val_acc,
         "lowest_val_loss": min(h.val_loss for h in history),
-        "final_train_acc": history[-1].train_acc, "final_epoch": history[-1].epoch,
+        "final_train_acc": history[-1].train_acc,
+        "final_epoch": history[-1].epoch,
         "stopped_early": history[-1].epoch < config.epochs and not interrupted,
         "interrupted": interrupted,
-        "val_accuracy": validation.accuracy, "val_macro_f1": validation.macro_f1,
-        "train_images": len(split.train), "val_images": len(split.val),
+        "val_accuracy": validation.accuracy,
+        "val_macro_f1": validation.macro_f1,
+        "train_images": len(split.train),
+        "val_images": len(split.val),
         "skipped_files": len(dataset.skipped),
         "train_seconds": sum(h.seconds for h in history),
         "total_seconds": time.perf_counter() - started,
     }
     if setup.test is not None:  # the data's own test folder, never trained or validated on
         _, _, test = scored(setup.test)
-        metrics |= {"test_accuracy": test.accuracy, "test_macro_f1": test.macro_f1,
-                    "test_images": len(split.test)}
-        log.info("test accuracy %.4f, macro-F1 %.4f on the %d images of %s/", test.accuracy,
-                 test.macro_f1, len(split.test), dataset.sides["test"])
-    ValPredictions(dataset.classes, [dataset.paths[i] for i in split.val],
-                   val_labels, probabilities).write(run_dir)
+        metrics |= {
+            "test_accuracy": test.accuracy,
+            "test_macro_f1": test.macro_f1,
+            "test_images": len(split.test),
+        }
+        log.info(
+            "test accuracy %.4f, macro-F1 %.4f on the %d images of %s/",
+            test.accuracy,
+            test.macro_f1,
+            len(split.test),
+            dataset.sides["test"],
+        )
+    ValPredictions(
+        dataset.classes, [dataset.paths[i] for i in split.val], val_labels, probabilities
+    ).write(run_dir)
     atomic.write_json(run_dir / "metrics.json", metrics)
-    log.info("best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
-             "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "
-             "loss %.4f; %d files skipped", best.val_acc, best.epoch, restored,
-             validation.accuracy, validation.macro_f1, history[-1].train_acc,
-             history[-1].epoch, metrics["lowest_val_loss"], len(dataset.skipped))
+    log.info(
+        "best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
+        "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "
+        "loss %.4f; %d files skipped",
+        best.val_acc,
+        best.epoch,
+        restored,
+        validation.accuracy,
+        validation.macro_f1,
+        history[-1].train_acc,
+        history[-1].epoch,
+        metrics["lowest_val_loss"],
+        len(dataset.skipped),
+    )
     return metrics

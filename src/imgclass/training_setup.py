@@ -66,34 +66,49 @@ class Tensors:
         return self
 
 
-def load_data(data_dir: Path, config: TrainConfig, cache_dir: str | os.PathLike | None,
-              load: Loader = load_images) -> Dataset:
+def load_data(
+    data_dir: Path,
+    config: TrainConfig,
+    cache_dir: str | os.PathLike | None,
+    load: Loader = load_images,
+) -> Dataset:
     """The decoded data set at the recipe's image size (`load`: pixels, or features), its
     summary logged."""
-    dataset = load_dataset(data_dir, config.image_size, cache_dir, config.keep_conflicts,
-                           config.max_pixels, load)
-    log.info("%s: %d images in %d classes (%s), %d skipped, %d decoded now", data_dir,
-             len(dataset.labels), len(dataset.classes),
-             ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
-             len(dataset.skipped), dataset.decoded_now)
+    dataset = load_dataset(
+        data_dir, config.image_size, cache_dir, config.keep_conflicts, config.max_pixels, load
+    )
+    log.info(
+        "%s: %d images in %d classes (%s), %d skipped, %d decoded now",
+        data_dir,
+        len(dataset.labels),
+        len(dataset.classes),
+        ", ".join(f"{k} {v}" for k, v in dataset.class_counts().items()),
+        len(dataset.skipped),
+        dataset.decoded_now,
+    )
     report = dataset.report
-    log.info("%d groups of duplicates (copies kept on one side of the split), %d label "
-             "conflicts (%s): imgclass scan lists them", len(report.duplicates),
-             len(report.conflicts),
-             "kept" if report.conflicts_kept else "left out")
+    log.info(
+        "%d groups of duplicates (copies kept on one side of the split), %d label "
+        "conflicts (%s): imgclass scan lists them",
+        len(report.duplicates),
+        len(report.conflicts),
+        "kept" if report.conflicts_kept else "left out",
+    )
     return dataset
 
 
 def new_model(config: TrainConfig, num_classes: int, device: Device) -> nn.Module:
     """The recipe's model (pretrained weights loaded), seeded by the `init` stream, on device."""
     torch.manual_seed(runtime.stream_seed(config.seed, "init"))
-    model = build_model(config.model, num_classes, config.image_size, config.dropout,
-                        config.pretrained)
+    model = build_model(
+        config.model, num_classes, config.image_size, config.dropout, config.pretrained
+    )
     return model.to(device.torch_device, memory_format=torch.channels_last)
 
 
-def class_weights(labels: torch.Tensor, num_classes: int, config: TrainConfig,
-                  device: Device) -> torch.Tensor | None:
+def class_weights(
+    labels: torch.Tensor, num_classes: int, config: TrainConfig, device: Device
+) -> torch.Tensor | None:
     """class_weights "auto": n / (classes x count) per class, scikit-learn's "balanced" rule, so
     every class weighs as much in the loss as if the classes were equally frequent."""
     if config.class_weights == "none":
@@ -104,22 +119,32 @@ def class_weights(labels: torch.Tensor, num_classes: int, config: TrainConfig,
     return weights.to(device.torch_device)
 
 
-def training_loss(config: TrainConfig, labels: torch.Tensor, num_classes: int,
-                  device: Device) -> nn.Module:
+def training_loss(
+    config: TrainConfig, labels: torch.Tensor, num_classes: int, device: Device
+) -> nn.Module:
     """The recipe's training loss: cross-entropy with its class weights and label smoothing."""
-    return nn.CrossEntropyLoss(weight=class_weights(labels, num_classes, config, device),
-                               label_smoothing=config.label_smoothing)
+    return nn.CrossEntropyLoss(
+        weight=class_weights(labels, num_classes, config, device),
+        label_smoothing=config.label_smoothing,
+    )
 
 
-def augmentation(config: TrainConfig, generator: torch.Generator, num_classes: int,
-                 data: Tensors) -> TrainAugment | None:
+def augmentation(
+    config: TrainConfig, generator: torch.Generator, num_classes: int, data: Tensors
+) -> TrainAugment | None:
     """The recipe's training augmentation of images; None on cached features (used as is)."""
     return TrainAugment(config.augment, generator, num_classes) if data.images else None
 
 
-def optimiser_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   optimizer: torch.optim.Optimizer, loss_fn: nn.Module, device: Device,
-                   scaler: torch.amp.GradScaler) -> tuple[torch.Tensor, torch.Tensor]:
+def optimiser_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: Device,
+    scaler: torch.amp.GradScaler,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step -> (loss, logits), detached: the forward pass under the device's
     autocast, the loss in fp32 (y: labels, or probabilities under MixUp/CutMix), the backward
     pass through the grad scaler (fp16 loss scaling; a no-op in other precisions), the step."""
@@ -156,8 +181,11 @@ class TrainingSetup:
         config = config or self.config
         if self.backbone is None:
             return new_model(config, self.num_classes, self.device)
-        dropout = config.dropout if config.dropout is not None else getattr(
-            self.backbone.net, "drop_rate", 0.0)
+        dropout = (
+            config.dropout
+            if config.dropout is not None
+            else getattr(self.backbone.net, "drop_rate", 0.0)
+        )
         return FeatureHead(self.backbone, dropout).to(self.device.torch_device)
 
     def with_images(self) -> TrainingSetup:
@@ -165,15 +193,17 @@ class TrainingSetup:
         features (the pixel cache holds them: the features were extracted from them)."""
         dataset = load_data(self.data_dir, self.config, self.cache_dir)
         if dataset.sha256 != self.dataset.sha256:
-            raise DataError(f"{self.data_dir}: its images changed while training (not those "
-                            "whose features the head was trained on)")
+            raise DataError(
+                f"{self.data_dir}: its images changed while training (not those "
+                "whose features the head was trained on)"
+            )
         train_data, val_data, test_data, on_device = _tensors(dataset, self.split, self.device)
         log.info("fine-tuning on the images, %s", _where(self.device, on_device))
-        return dataclasses.replace(self, dataset=dataset, train=train_data, val=val_data,
-                                   test=test_data, backbone=None)
+        return dataclasses.replace(
+            self, dataset=dataset, train=train_data, val=val_data, test=test_data, backbone=None
+        )
 
-    def with_activations(self, backbone: Backbone, stages: int
-                         ) -> tuple[TrainingSetup, TopStages]:
+    def with_activations(self, backbone: Backbone, stages: int) -> tuple[TrainingSetup, TopStages]:
         """The same data and split as the activations that the backbone's last `stages` stages
         take (computed once from the pixel cache, kept in the training precision), each
         training image's mirror beside it; and those stages as the model that trains on them
@@ -185,24 +215,35 @@ class TrainingSetup:
         def activations(side: Tensors, mirrored: bool) -> torch.Tensor:
             out = []
             for i in range(0, len(side.labels), ACTIVATION_BATCH):
-                batch = to_float(side.pixels[i:i + ACTIVATION_BATCH])
+                batch = to_float(side.pixels[i : i + ACTIVATION_BATCH])
                 with self.device.autocast():
-                    out.append(top.below(backbone, batch.flip(3) if mirrored else batch)
-                               .to(self.device.amp or torch.float32))
+                    out.append(
+                        top.below(backbone, batch.flip(3) if mirrored else batch).to(
+                            self.device.amp or torch.float32
+                        )
+                    )
             return torch.cat(out)
 
-        train = Tensors(torch.cat([activations(images.train, False),
-                                      activations(images.train, True)]),
-                           images.train.labels.repeat(2))
+        train = Tensors(
+            torch.cat([activations(images.train, False), activations(images.train, True)]),
+            images.train.labels.repeat(2),
+        )
         val = Tensors(activations(images.val, False), images.val.labels)
-        test = (Tensors(activations(images.test, False), images.test.labels)
-                if images.test is not None else None)
-        log.info("fine-tuning the last %d stages on the activations below them: %d training "
-                 "rows (each image and its mirror), %d validation, %s each, in %.1f s", stages,
-                 len(train.labels), len(val.labels), "x".join(map(str, val.pixels.shape[1:])),
-                 time.perf_counter() - started)
-        return dataclasses.replace(self, train=train, val=val, test=test,
-                                   backbone=backbone), top
+        test = (
+            Tensors(activations(images.test, False), images.test.labels)
+            if images.test is not None
+            else None
+        )
+        log.info(
+            "fine-tuning the last %d stages on the activations below them: %d training "
+            "rows (each image and its mirror), %d validation, %s each, in %.1f s",
+            stages,
+            len(train.labels),
+            len(val.labels),
+            "x".join(map(str, val.pixels.shape[1:])),
+            time.perf_counter() - started,
+        )
+        return dataclasses.replace(self, train=train, val=val, test=test, backbone=backbone), top
 
     def model_to_save(self, trained: nn.Module) -> nn.Module:
         """What the run keeps: the trained model, or on cached features or activations the
@@ -213,14 +254,21 @@ class TrainingSetup:
         return self.backbone
 
     def loss(self, config: TrainConfig | None = None) -> nn.Module:
-        return training_loss(config or self.config, self.train.labels, self.num_classes,
-                             self.device)
+        return training_loss(
+            config or self.config, self.train.labels, self.num_classes, self.device
+        )
 
 
-def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.PathLike | None,
-                   device: Device, *, ranks: Context = distributed.SINGLE,
-                   split: Callable[[Dataset], Split] | None = None,
-                   progress: bool = False) -> TrainingSetup:
+def setup_training(
+    data_dir: Path,
+    config: TrainConfig,
+    cache_dir: str | os.PathLike | None,
+    device: Device,
+    *,
+    ranks: Context = distributed.SINGLE,
+    split: Callable[[Dataset], Split] | None = None,
+    progress: bool = False,
+) -> TrainingSetup:
     """The data of `data_dir` decoded at the recipe's size, split (the recipe's seeded,
     duplicate-aware stratified split, or `split(dataset)`: a resumed run's), as tensors on the
     device where they take at most its share of free memory (streamed from host memory else).
@@ -229,11 +277,20 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
     backbones: list[Backbone] = []
     load: Loader = load_images
     if config.cached_features:
-        def load(manifest: Manifest, size: int, cache: str | os.PathLike | None,
-                 max_pixels: int) -> DecodedImages:
+
+        def load(
+            manifest: Manifest, size: int, cache: str | os.PathLike | None, max_pixels: int
+        ) -> DecodedImages:
             backbones.append(new_model(config, len(manifest.classes), device))
-            return load_features(manifest, size, cache, max_pixels, model=backbones[-1],
-                                 device=device, progress=progress and ranks.is_main)
+            return load_features(
+                manifest,
+                size,
+                cache,
+                max_pixels,
+                model=backbones[-1],
+                device=device,
+                progress=progress and ranks.is_main,
+            )
 
     with ranks.main_first():
         dataset = load_data(data_dir, config, cache_dir, load)
@@ -242,23 +299,44 @@ def setup_training(data_dir: Path, config: TrainConfig, cache_dir: str | os.Path
     elif dataset.sides:  # split already: its folders are the sides (val_split is not used)
         chosen = given_split(dataset)
     else:
-        chosen = stratified_split(dataset.labels, config.val_split, config.seed,
-                                  groups=dataset.sha256, classes=dataset.classes)
+        chosen = stratified_split(
+            dataset.labels,
+            config.val_split,
+            config.seed,
+            groups=dataset.sha256,
+            classes=dataset.classes,
+        )
     train_data, val_data, test_data, on_device = _tensors(dataset, chosen, device)
     processes = f", {ranks.world_size} processes" if ranks.world_size > 1 else ""
-    log.info("training on %d images, validating on %d%s; %s, %s, %d threads%s; %s %s",
-             len(chosen.train), len(chosen.val),
-             f", testing on {len(chosen.test)} at the end" if len(chosen.test) else "",
-             device.torch_device, device.precision,
-             torch.get_num_threads(), processes, "images" if train_data.images else "features",
-             _where(device, on_device))
-    return TrainingSetup(config, dataset, chosen, device, train_data, val_data, test=test_data,
-                         backbone=backbones[-1] if backbones else None, data_dir=data_dir,
-                         cache_dir=cache_dir)
+    log.info(
+        "training on %d images, validating on %d%s; %s, %s, %d threads%s; %s %s",
+        len(chosen.train),
+        len(chosen.val),
+        f", testing on {len(chosen.test)} at the end" if len(chosen.test) else "",
+        device.torch_device,
+        device.precision,
+        torch.get_num_threads(),
+        processes,
+        "images" if train_data.images else "features",
+        _where(device, on_device),
+    )
+    return TrainingSetup(
+        config,
+        dataset,
+        chosen,
+        device,
+        train_data,
+        val_data,
+        test=test_data,
+        backbone=backbones[-1] if backbones else None,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+    )
 
 
-def _tensors(dataset: Dataset, split: Split, device: Device
-             ) -> tuple[Tensors, Tensors, Tensors | None, bool]:
+def _tensors(
+    dataset: Dataset, split: Split, device: Device
+) -> tuple[Tensors, Tensors, Tensors | None, bool]:
     """The sides of the split as tensors (test: None when the data has none), on the device
     where they take at most its share of free memory (True), else in host memory; the
     dataset's own array is released."""

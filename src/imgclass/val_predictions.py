@@ -39,8 +39,14 @@ class ValPredictions:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(_FIXED_COLUMNS + self.classes)
         for path, label, row in zip(self.paths, self.labels, self.probabilities):
-            writer.writerow([path, self.classes[label], self.classes[int(row.argmax())],
-                             *(f"{p:.6g}" for p in row)])
+            writer.writerow(
+                [
+                    path,
+                    self.classes[label],
+                    self.classes[int(row.argmax())],
+                    *(f"{p:.6g}" for p in row),
+                ]
+            )
         atomic.write_text(run_dir / VAL_PREDICTIONS, buffer.getvalue())
 
     @classmethod
@@ -49,13 +55,16 @@ class ValPredictions:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         if not rows or rows[0] != _FIXED_COLUMNS + classes:
-            raise ValueError(f"{path}: header is not path, true, predicted, "
-                             f"{', '.join(classes)}")
+            raise ValueError(f"{path}: header is not path, true, predicted, {', '.join(classes)}")
         try:
-            return cls(classes, [r[0] for r in rows[1:]],
-                       np.array([classes.index(r[1]) for r in rows[1:]], dtype=np.int64),
-                       np.array([[float(p) for p in r[3:]] for r in rows[1:]],
-                                dtype=np.float64).reshape(len(rows) - 1, len(classes)))
+            return cls(
+                classes,
+                [r[0] for r in rows[1:]],
+                np.array([classes.index(r[1]) for r in rows[1:]], dtype=np.int64),
+                np.array([[float(p) for p in r[3:]] for r in rows[1:]], dtype=np.float64).reshape(
+                    len(rows) - 1, len(classes)
+                ),
+            )
         except (ValueError, IndexError) as err:
             raise ValueError(f"{path}: malformed row ({err})") from err
 
@@ -69,8 +78,9 @@ class Calibration:
     count: list[int]
 
 
-def calibration(probabilities: np.ndarray, labels: np.ndarray,
-                bins: int = CALIBRATION_BINS) -> Calibration:
+def calibration(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> Calibration:
     """Confidence against accuracy in equal-width bins (Guo et al. 2017)."""
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
@@ -80,8 +90,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray,
     mean_conf = np.bincount(which, confidence, bins) / np.maximum(count, 1)
     accuracy = np.bincount(which, correct.astype(float), bins) / np.maximum(count, 1)
     ece = float(np.sum(count * np.abs(accuracy - mean_conf)) / max(len(labels), 1))
-    return Calibration(ece, edges.tolist(), mean_conf.tolist(), accuracy.tolist(),
-                       count.tolist())
+    return Calibration(ece, edges.tolist(), mean_conf.tolist(), accuracy.tolist(), count.tolist())
 
 
 def data_folder(config: dict) -> tuple[Path, str | None]:
@@ -108,7 +117,12 @@ def predict_validation(run_dir: Path) -> ValPredictions:
     loaded = load_model(run_dir)
     classes = loaded.meta.classes
     dataset, subset = validation_set(run_dir, loaded.meta.image_size, classes)
-    probabilities = predict_proba(loaded.model, dataset.pixels[subset], Device.select(),
-                                  tta_flip=loaded.meta.tta_flip)
-    return ValPredictions(classes, [dataset.paths[i] for i in subset], dataset.labels[subset],
-                          probabilities.astype(np.float64))
+    probabilities = predict_proba(
+        loaded.model, dataset.pixels[subset], Device.select(), tta_flip=loaded.meta.tta_flip
+    )
+    return ValPredictions(
+        classes,
+        [dataset.paths[i] for i in subset],
+        dataset.labels[subset],
+        probabilities.astype(np.float64),
+    )

@@ -37,13 +37,17 @@ class KerasAugment:
         # grid coordinates span [-1, 1], so a shift of t of the side is 2 t
         shift = (2 * u[:, 3:5] - 1) * c.translate * 2
         cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-        theta = torch.stack([
-            torch.stack([cos * flip, -sin, shift[:, 0]], dim=1),
-            torch.stack([sin * flip, cos, shift[:, 1]], dim=1),
-        ], dim=1).to(x.device, x.dtype)
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin, shift[:, 0]], dim=1),
+                torch.stack([sin * flip, cos, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        ).to(x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                            align_corners=False)
+        out = F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
         return out.contiguous(memory_format=torch.channels_last)
 
 
@@ -57,11 +61,20 @@ def _draw_beta(alpha: float, generator: torch.Generator) -> float:
 # 31 magnitude bins per op, the op's maximum magnitude, and whether its sign is random.
 _BINS = 31
 _WIDE_OPS: dict[str, tuple[float, bool]] = {
-    "identity": (0.0, False), "shear_x": (0.99, True), "shear_y": (0.99, True),
-    "translate_x": (32.0, True), "translate_y": (32.0, True), "rotate": (135.0, True),
-    "brightness": (0.99, True), "color": (0.99, True), "contrast": (0.99, True),
-    "sharpness": (0.99, True), "posterize": (6.0, False), "solarize": (1.0, False),
-    "autocontrast": (0.0, False), "equalize": (0.0, False),
+    "identity": (0.0, False),
+    "shear_x": (0.99, True),
+    "shear_y": (0.99, True),
+    "translate_x": (32.0, True),
+    "translate_y": (32.0, True),
+    "rotate": (135.0, True),
+    "brightness": (0.99, True),
+    "color": (0.99, True),
+    "contrast": (0.99, True),
+    "sharpness": (0.99, True),
+    "posterize": (6.0, False),
+    "solarize": (1.0, False),
+    "autocontrast": (0.0, False),
+    "equalize": (0.0, False),
 }
 
 
@@ -75,15 +88,17 @@ def _wide_op(image: torch.Tensor, op: str, m: float) -> torch.Tensor:
     if op in ("translate_x", "translate_y"):
         shift = [int(m), 0][:: 1 if op == "translate_x" else -1]
         return TF.affine(image, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0])
-    adjust = {"rotate": lambda: TF.rotate(image, m),
-              "brightness": lambda: TF.adjust_brightness(image, 1 + m),
-              "color": lambda: TF.adjust_saturation(image, 1 + m),
-              "contrast": lambda: TF.adjust_contrast(image, 1 + m),
-              "sharpness": lambda: TF.adjust_sharpness(image, 1 + m),
-              "posterize": lambda: TF.posterize(image, 8 - round(m)),
-              "solarize": lambda: TF.solarize(image, 255.0 * (1 - m)),
-              "autocontrast": lambda: TF.autocontrast(image),
-              "equalize": lambda: TF.equalize(image)}
+    adjust = {
+        "rotate": lambda: TF.rotate(image, m),
+        "brightness": lambda: TF.adjust_brightness(image, 1 + m),
+        "color": lambda: TF.adjust_saturation(image, 1 + m),
+        "contrast": lambda: TF.adjust_contrast(image, 1 + m),
+        "sharpness": lambda: TF.adjust_sharpness(image, 1 + m),
+        "posterize": lambda: TF.posterize(image, 8 - round(m)),
+        "solarize": lambda: TF.solarize(image, 255.0 * (1 - m)),
+        "autocontrast": lambda: TF.autocontrast(image),
+        "equalize": lambda: TF.equalize(image),
+    }
     return adjust[op]() if op in adjust else image
 
 
@@ -130,7 +145,7 @@ class TrainAugment:
                 if 0 < eh < h and 0 < ew < w:
                     top = int(torch.randint(h - eh + 1, (), generator=self.generator))
                     left = int(torch.randint(w - ew + 1, (), generator=self.generator))
-                    x[i, :, top:top + eh, left:left + ew] = 0
+                    x[i, :, top : top + eh, left : left + ew] = 0
                     break
         return x
 

@@ -23,8 +23,9 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2).float().div_(255)
 
 
-def epoch_order(labels: torch.Tensor, generator: torch.Generator,
-                balanced: bool = False) -> torch.Tensor:
+def epoch_order(
+    labels: torch.Tensor, generator: torch.Generator, balanced: bool = False
+) -> torch.Tensor:
     """The training images of one epoch, as indices: a random permutation (each image once), or
     balanced: as many draws with replacement, every class equally likely (PyTorch's
     WeightedRandomSampler with weights 1 / class count)."""
@@ -54,7 +55,7 @@ def iterate_batches(
     there (CPU indices index a GPU tensor).
     """
     order = torch.arange(len(labels)) if order is None else order
-    for index in (shard(order, batch_size) if shard else order.split(batch_size)):
+    for index in shard(order, batch_size) if shard else order.split(batch_size):
         if augment is None:
             yield to_float(pixels[index]), labels[index]
         else:

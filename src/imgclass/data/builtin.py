@@ -17,7 +17,6 @@ from imgclass.data.cache import default_cache_dir
 log = logging.getLogger(__name__)
 
 
-
 def digits_folder(cache_dir: str | os.PathLike | None = None) -> Path:
     """`<cache>/datasets/digits/<0..9>/<n>.png`, written on first use."""
     from sklearn.datasets import load_digits  # shipped with scikit-learn, no download
@@ -32,7 +31,9 @@ def digits_folder(cache_dir: str | os.PathLike | None = None) -> Path:
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         pixels = np.round(image * (255 / 16)).astype(np.uint8)  # values are 0..16
-        atomic.write_with(folder / f"{index:04d}.png",
-                          lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"))
+        atomic.write_with(
+            folder / f"{index:04d}.png",
+            lambda tmp, p=pixels: Image.fromarray(p).save(tmp, format="PNG"),
+        )
     atomic.write_text(done, f"{len(digits.images)}\n")
     return root

@@ -91,9 +91,14 @@ class Shards:
         self.failed.update(failed)
 
 
-def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | None = None,
-                workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                announce: bool = True) -> DecodedImages:
+def load_images(
+    manifest: Manifest,
+    size: int,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    announce: bool = True,
+) -> DecodedImages:
     """Decoded pixels of every manifest item, from the cache where it has them.
 
     max_pixels: larger images are skipped without being decoded; that skip depends on the
@@ -107,17 +112,22 @@ def load_images(manifest: Manifest, size: int, cache_dir: str | os.PathLike | No
             todo.setdefault(item.sha256, str(manifest.absolute(item)))
     _check_memory(len(manifest.items), len(todo), size)
     if todo:
-        log.log(logging.INFO if announce else logging.DEBUG,
-                "decoding %d images to %dx%d (cached for later runs)", len(todo), size, size)
+        log.log(
+            logging.INFO if announce else logging.DEBUG,
+            "decoding %d images to %dx%d (cached for later runs)",
+            len(todo),
+            size,
+            size,
+        )
         results = _decode_all(list(todo.values()), size, workers, max_pixels)
         good = [(sha, r) for sha, r in zip(todo, results) if not isinstance(r, str)]
         failed = {sha: r for sha, r in zip(todo, results) if isinstance(r, str)}
-        too_large = {sha: r for sha, r in failed.items()
-                     if r.startswith(REASON_TOO_MANY_PIXELS)}
+        too_large = {sha: r for sha, r in failed.items() if r.startswith(REASON_TOO_MANY_PIXELS)}
         remembered = {sha: r for sha, r in failed.items() if sha not in too_large}
         if good or remembered:
-            pixels = (np.stack([r for _, r in good]) if good
-                      else np.zeros((0, size, size, 3), np.uint8))
+            pixels = (
+                np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+            )
             shards.add([sha for sha, _ in good], pixels, remembered)
         shards.failed.update(too_large)  # for this call only
     ok = np.array([item.sha256 in shards.rows for item in manifest.items], dtype=bool)
@@ -142,19 +152,21 @@ def _check_memory(images: int, new: int, size: int) -> None:
     need = (images + new) * one
     available = available_memory()
     if available is not None and need > available:
-        raise MemoryError(f"{images} images decoded at {size}x{size} px take "
-                          f"{images * one / 1e9:.1f} GB ({need / 1e9:.1f} GB while {new} are "
-                          f"decoded), but {available / 1e9:.1f} GB of memory is available: "
-                          "choose a smaller --image-size")
+        raise MemoryError(
+            f"{images} images decoded at {size}x{size} px take "
+            f"{images * one / 1e9:.1f} GB ({need / 1e9:.1f} GB while {new} are "
+            f"decoded), but {available / 1e9:.1f} GB of memory is available: "
+            "choose a smaller --image-size"
+        )
 
 
-def _decode_all(paths: list[str], size: int, workers: int | None,
-                max_pixels: int) -> list[np.ndarray | str]:
+def _decode_all(
+    paths: list[str], size: int, workers: int | None, max_pixels: int
+) -> list[np.ndarray | str]:
     workers = workers or usable_cores()
     if workers <= 1 or len(paths) < _PARALLEL_FROM:
         return [_decode_one(p, size, max_pixels) for p in paths]
     # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and threads
     # need no bootstrapping of __main__ (scripts, notebooks) nor fork a multi-threaded process.
     with ThreadPoolExecutor(workers, thread_name_prefix="imgclass-decode") as pool:
-        return list(pool.map(_decode_one, paths, [size] * len(paths),
-                             [max_pixels] * len(paths)))
+        return list(pool.map(_decode_one, paths, [size] * len(paths), [max_pixels] * len(paths)))

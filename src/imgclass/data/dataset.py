@@ -43,10 +43,14 @@ class Dataset:
 Loader = Callable[..., DecodedImages]
 
 
-def load_dataset(data_dir: str | os.PathLike, image_size: int,
-                 cache_dir: str | os.PathLike | None = None,
-                 keep_conflicts: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 load: Loader = load_images) -> Dataset:
+def load_dataset(
+    data_dir: str | os.PathLike,
+    image_size: int,
+    cache_dir: str | os.PathLike | None = None,
+    keep_conflicts: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    load: Loader = load_images,
+) -> Dataset:
     """data_dir: a class-folder tree (maybe split already), or a .csv file of path,label rows.
 
     keep_conflicts: keep contents found under two classes (default: skip every copy).
@@ -58,10 +62,14 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int,
     return decode_manifest(manifest, image_size, cache_dir, keep_conflicts, max_pixels, load)
 
 
-def decode_manifest(manifest: Manifest, image_size: int,
-                    cache_dir: str | os.PathLike | None = None,
-                    keep_conflicts: bool = False,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, load: Loader = load_images) -> Dataset:
+def decode_manifest(
+    manifest: Manifest,
+    image_size: int,
+    cache_dir: str | os.PathLike | None = None,
+    keep_conflicts: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    load: Loader = load_images,
+) -> Dataset:
     used = manifest if keep_conflicts else manifest.without_conflicts()
     used = used.within(max_pixels)
     decoded = load(used, image_size, cache_dir, max_pixels=max_pixels)

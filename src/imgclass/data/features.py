@@ -47,13 +47,18 @@ class _Features(torch.nn.Module):
         return self.model.features(x)
 
 
-def feature_folder(model: Backbone, image_size: int,
-                   cache_dir: str | os.PathLike | None = None) -> Path:
+def feature_folder(
+    model: Backbone, image_size: int, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Where the features of this backbone, its pretrained weights and this size are kept."""
     if model.weights is None:
         raise ValueError(f"{model.name}: cached features need pretrained weights (--pretrained)")
-    return (Path(cache_dir or default_cache_dir()) / "features"
-            / f"{model.name}-{model.weights['sha256'][:16]}" / f"{image_size}x{image_size}")
+    return (
+        Path(cache_dir or default_cache_dir())
+        / "features"
+        / f"{model.name}-{model.weights['sha256'][:16]}"
+        / f"{image_size}x{image_size}"
+    )
 
 
 class OnnxFeatures:
@@ -77,8 +82,9 @@ class OnnxFeatures:
                 with torch.no_grad():
                     expected = body(example).numpy()
                 got = cls(ort_session(path)).run_float(example.numpy())
-                difference = float(np.abs(got - expected).max()
-                                   / max(float(np.abs(expected).max()), 1.0))
+                difference = float(
+                    np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1.0)
+                )
                 if not difference <= TOLERANCE:
                     path.unlink()
                     raise ValueError(f"ONNX Runtime differs from PyTorch by {difference:.2g}")
@@ -86,8 +92,11 @@ class OnnxFeatures:
         except Exception as err:  # the exporter raises many types; PyTorch does the same work
             if caused_by_ctrl_c(err):
                 raise KeyboardInterrupt from err
-            log.warning("%s: no ONNX export of the backbone (%s); extracting with PyTorch", path,
-                        str(err).splitlines()[0])
+            log.warning(
+                "%s: no ONNX export of the backbone (%s); extracting with PyTorch",
+                path,
+                str(err).splitlines()[0],
+            )
             return None
 
     def run_float(self, x: np.ndarray) -> np.ndarray:
@@ -102,14 +111,15 @@ class OnnxFeatures:
         return self.run_float(model_input(pixels))
 
 
-def extract(model: Backbone, pixels: np.ndarray, device: Device,
-            session: OnnxFeatures | None = None) -> np.ndarray:
+def extract(
+    model: Backbone, pixels: np.ndarray, device: Device, session: OnnxFeatures | None = None
+) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, num_features) float32 pooled features: through `session`
     (ONNX Runtime) when given, else PyTorch on the device (its autocast), the model in eval mode."""
     model.eval()
     out = []
     for start in range(0, len(pixels), BATCH):
-        batch = pixels[start:start + BATCH]
+        batch = pixels[start : start + BATCH]
         if session is not None:
             out.append(session.run(batch))
         else:
@@ -119,30 +129,55 @@ def extract(model: Backbone, pixels: np.ndarray, device: Device,
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def load_features(manifest: Manifest, size: int, cache_dir: str | os.PathLike | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, *, model: Backbone, device: Device,
-                  progress: bool = False) -> DecodedImages:
+def load_features(
+    manifest: Manifest,
+    size: int,
+    cache_dir: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    model: Backbone,
+    device: Device,
+    progress: bool = False,
+) -> DecodedImages:
     """load_images' counterpart: the features of every manifest item (in `pixels`), from the
     cache where it has them; images that fail to decode fail here with the same reason. The
     missing ones are decoded (through the pixel cache) and extracted CHUNK at a time, so memory
     holds one chunk of pixels, not the data set's."""
     folder = feature_folder(model, size, cache_dir)
     store = Shards(folder)
-    todo = list({item.sha256: item for item in manifest.items
-                 if item.sha256 not in store.rows}.values())  # each content once
+    todo = list(
+        {item.sha256: item for item in manifest.items if item.sha256 not in store.rows}.values()
+    )  # each content once
     failed: dict[str, str] = {}
     decoded_now = 0
     if todo:
-        log.info("extracting %s features of %d images at %dx%d (decoded where the pixel cache "
-                 "lacks them; both cached for later runs)", model.name, len(todo), size, size)
-        session = OnnxFeatures.open(model, size, folder) if device.torch_device.type == "cpu" \
-            else None
-        with tqdm(total=len(todo), unit="img", desc="features", leave=False,
-                  disable=None if progress else True) as bar:
+        log.info(
+            "extracting %s features of %d images at %dx%d (decoded where the pixel cache "
+            "lacks them; both cached for later runs)",
+            model.name,
+            len(todo),
+            size,
+            size,
+        )
+        session = (
+            OnnxFeatures.open(model, size, folder) if device.torch_device.type == "cpu" else None
+        )
+        with tqdm(
+            total=len(todo),
+            unit="img",
+            desc="features",
+            leave=False,
+            disable=None if progress else True,
+        ) as bar:
             for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK]
-                images = load_images(dataclasses.replace(manifest, items=chunk, skipped=[]),
-                                     size, cache_dir, max_pixels=max_pixels, announce=False)
+                chunk = todo[start : start + CHUNK]
+                images = load_images(
+                    dataclasses.replace(manifest, items=chunk, skipped=[]),
+                    size,
+                    cache_dir,
+                    max_pixels=max_pixels,
+                    announce=False,
+                )
                 decoded_now += images.decoded_now
                 good = [item.sha256 for item, ok in zip(chunk, images.ok) if ok]
                 failed.update({chunk[i].sha256: reason for i, reason in images.failures.items()})
@@ -151,8 +186,12 @@ def load_features(manifest: Manifest, size: int, cache_dir: str | os.PathLike | 
                 bar.update(len(chunk))
     ok = np.array([item.sha256 in store.rows for item in manifest.items], dtype=bool)
     rows = [store.rows[item.sha256] for item, kept in zip(manifest.items, ok) if kept]
-    features = (np.stack([source[row] for source, row in rows]) if rows
-                else np.zeros((0, model.net.num_features), np.float32))
-    failures = {index: failed[item.sha256] for index, item in enumerate(manifest.items)
-                if not ok[index]}
+    features = (
+        np.stack([source[row] for source, row in rows])
+        if rows
+        else np.zeros((0, model.net.num_features), np.float32)
+    )
+    failures = {
+        index: failed[item.sha256] for index, item in enumerate(manifest.items) if not ok[index]
+    }
     return DecodedImages(features, ok, failures, decoded_now)

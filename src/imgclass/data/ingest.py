@@ -155,8 +155,10 @@ def prepare(
         found = {c.class_name for s in scanned for c in s.candidates}
         if not found:  # nothing to prepare: say why (an archive unreadable, ...)
             why = [f"{s.label}: {s.problem}" for s in scanned if s.problem]
-            raise ValueError(f"no image files inside class folders in "
-                             f"{', '.join(map(str, sources))}" + "".join(f"; {w}" for w in why))
+            raise ValueError(
+                f"no image files inside class folders in "
+                f"{', '.join(map(str, sources))}" + "".join(f"; {w}" for w in why)
+            )
         wanted = set(classes) if classes else found
         missing = sorted(wanted - found)
         if missing:

@@ -61,41 +61,65 @@ def scan_labels_file(labels_file: str | os.PathLike) -> Manifest:
             continue  # blank lines
         where = f"row {number} of {labels_file.name}"
         if len(row) <= max(path_column, label_column):
-            skipped.append(Skipped(f"{labels_file.name}:{number}",
-                                   f"{where}: {len(row)} columns, not path,label"))
+            skipped.append(
+                Skipped(
+                    f"{labels_file.name}:{number}", f"{where}: {len(row)} columns, not path,label"
+                )
+            )
             continue
         path, label = row[path_column].strip(), row[label_column].strip()
         reason = _unusable(path, label, root, root_real)
         if reason is None and path in listed:
             before, label_before = listed[path]
-            reason = (f"listed again (row {before})" if label == label_before else
-                      f"label conflict: {label_before!r} in row {before}, {label!r} here")
+            reason = (
+                f"listed again (row {before})"
+                if label == label_before
+                else f"label conflict: {label_before!r} in row {before}, {label!r} here"
+            )
         if reason is not None:
             skipped.append(Skipped(path or f"{labels_file.name}:{number}", f"{where}: {reason}"))
         else:
             listed[path] = (number, label)
     conflicts = {s.path for s in skipped if "label conflict" in s.reason}
-    skipped += [Skipped(path, f"row {number} of {labels_file.name}: label conflict: listed "
-                              "again with another label")
-                for path, (number, _) in listed.items() if path in conflicts]
+    skipped += [
+        Skipped(
+            path,
+            f"row {number} of {labels_file.name}: label conflict: listed again with another label",
+        )
+        for path, (number, _) in listed.items()
+        if path in conflicts
+    ]
     kept = {path: row for path, row in listed.items() if path not in conflicts}
     if not kept and not skipped:
-        raise DataError(f"{name}: no rows (expected path,label rows, paths relative to "
-                        f"{text_name(str(root))})")
+        raise DataError(
+            f"{name}: no rows (expected path,label rows, paths relative to {text_name(str(root))})"
+        )
     classes = sorted({label for _, label in kept.values()})
     items: list[ManifestItem] = []
     for path, (number, label) in kept.items():
         try:
             content = (root / path).read_bytes()
         except OSError as err:
-            skipped.append(Skipped(path, f"row {number} of {labels_file.name}: cannot read "
-                                         f"file ({err.strerror or err})"))
+            skipped.append(
+                Skipped(
+                    path,
+                    f"row {number} of {labels_file.name}: cannot read file ({err.strerror or err})",
+                )
+            )
             continue
-        items.append(ManifestItem(path, classes.index(label), hashlib.sha256(content).hexdigest(),
-                                  header_size(content)))
+        items.append(
+            ManifestItem(
+                path,
+                classes.index(label),
+                hashlib.sha256(content).hexdigest(),
+                header_size(content),
+            )
+        )
     if not classes:
-        raise DataError(f"{name}: no usable row ({len(skipped)} skipped; the first: "
-                        f"{skipped[0].path}: {skipped[0].reason})")
+        raise DataError(
+            f"{name}: no usable row ({len(skipped)} skipped; the first: "
+            f"{skipped[0].path}: {skipped[0].reason})"
+        )
     return Manifest(root, classes, items, skipped)
 
 

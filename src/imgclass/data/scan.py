@@ -79,9 +79,6 @@ class Manifest:
     # split already: side ("train", "val", "test") -> its folder; an item's path starts with it
     sides: dict[str, str] = field(default_factory=dict)
 
-    def labels(self) -> np.ndarray:
-        return np.array([item.label for item in self.items], dtype=np.int64)
-
     def absolute(self, item: ManifestItem) -> Path:
         return self.root / self.disk_paths.get(item.path, item.path)
 
@@ -90,27 +87,39 @@ class Manifest:
         by_sha: dict[str, list[ManifestItem]] = {}
         for item in self.items:
             by_sha.setdefault(item.sha256, []).append(item)
-        return [SameContent(sha, [i.path for i in copies],
-                            [self.classes[label] for label in sorted({i.label for i in copies})])
-                for sha, copies in by_sha.items() if len(copies) > 1]
+        return [
+            SameContent(
+                sha,
+                [i.path for i in copies],
+                [self.classes[label] for label in sorted({i.label for i in copies})],
+            )
+            for sha, copies in by_sha.items()
+            if len(copies) > 1
+        ]
 
     def within(self, max_pixels: int) -> Manifest:
         """This manifest with the images of more than max_pixels moved to skipped: the limit
         decided here from each file's header, so it gives the same data whatever a cache holds
         (decoded, or features of, images a higher limit let in)."""
+
         def large(item: ManifestItem) -> bool:
             return item.size is not None and item.size[0] * item.size[1] > max_pixels
 
         kept = [item for item in self.items if not large(item)]
-        left_out = [Skipped(item.path, too_many_pixels(*item.size, max_pixels))
-                    for item in self.items if large(item)]
-        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths,
-                        self.sides)
+        left_out = [
+            Skipped(item.path, too_many_pixels(*item.size, max_pixels))
+            for item in self.items
+            if large(item)
+        ]
+        return Manifest(
+            self.root, self.classes, kept, self.skipped + left_out, self.disk_paths, self.sides
+        )
 
     def without_conflicts(self) -> Manifest:
         """This manifest with every copy of a content found under two classes moved to skipped."""
-        conflicts = {group.sha256: group.classes for group in self.same_content()
-                     if len(group.classes) > 1}
+        conflicts = {
+            group.sha256: group.classes for group in self.same_content() if len(group.classes) > 1
+        }
         kept: list[ManifestItem] = []
         left_out: list[Skipped] = []
         for item in self.items:
@@ -119,8 +128,9 @@ class Manifest:
                 left_out.append(Skipped(item.path, f"{REASON_CONFLICT} {', '.join(others)}"))
             else:
                 kept.append(item)
-        return Manifest(self.root, self.classes, kept, self.skipped + left_out, self.disk_paths,
-                        self.sides)
+        return Manifest(
+            self.root, self.classes, kept, self.skipped + left_out, self.disk_paths, self.sides
+        )
 
 
 @dataclass
@@ -136,11 +146,17 @@ class ScanReport:
     conflicts_kept: bool  # False (default): every copy of a conflicting content is skipped
 
     @classmethod
-    def build(cls, manifest: Manifest, labels: Iterable[int], skipped: Iterable[Skipped],
-              conflicts_kept: bool) -> ScanReport:
+    def build(
+        cls,
+        manifest: Manifest,
+        labels: Iterable[int],
+        skipped: Iterable[Skipped],
+        conflicts_kept: bool,
+    ) -> ScanReport:
         """manifest: the scan before the conflict rule; labels: those of the images used."""
-        counts = np.bincount(np.asarray(list(labels), dtype=np.int64),
-                             minlength=len(manifest.classes))
+        counts = np.bincount(
+            np.asarray(list(labels), dtype=np.int64), minlength=len(manifest.classes)
+        )
         groups = manifest.same_content()
         return cls(
             root=text_name(str(manifest.root)),
@@ -165,10 +181,13 @@ class ScanReport:
             "total_images": sum(self.images.values()),
             "empty_classes": self.empty_classes,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-            "duplicates": [{"sha256": g.sha256, "class": g.classes[0], "paths": g.paths}
-                           for g in self.duplicates],
-            "conflicts": [{"sha256": g.sha256, "classes": g.classes, "paths": g.paths}
-                          for g in self.conflicts],
+            "duplicates": [
+                {"sha256": g.sha256, "class": g.classes[0], "paths": g.paths}
+                for g in self.duplicates
+            ],
+            "conflicts": [
+                {"sha256": g.sha256, "classes": g.classes, "paths": g.paths} for g in self.conflicts
+            ],
             "conflicts_kept": self.conflicts_kept,
         }
 
@@ -194,30 +213,46 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
     if not root.is_dir():
         raise DataError(f"{text_name(str(root))}: not a folder")
     if is_run_dir(root):
-        raise DataError(f"{text_name(str(root))}: {REASON_RUN_DIR} (give the folder of photos "
-                        "it was trained on)")
+        raise DataError(
+            f"{text_name(str(root))}: {REASON_RUN_DIR} (give the folder of photos "
+            "it was trained on)"
+        )
     scan = _Scan(root)
     top = scan.folders(root, scan.root_real, "", frozenset())
     sides = _sides(top)
     if sides:
-        class_dirs = {side: scan.folders(Path(top[folder][0].path), top[folder][1], folder,
-                                         frozenset({top[folder][1]}))
-                      for side, folder in sides.items()}
+        class_dirs = {
+            side: scan.folders(
+                Path(top[folder][0].path), top[folder][1], folder, frozenset({top[folder][1]})
+            )
+            for side, folder in sides.items()
+        }
         classes = sorted({name for found in class_dirs.values() for name in found})
-        log.info("%s: split already: training on %s, validating on %s%s", text_name(str(root)),
-                 *(f"{sides[side]}/" for side in ("train", "val")),
-                 f", testing on {sides['test']}/" if "test" in sides else "")
+        log.info(
+            "%s: split already: training on %s, validating on %s%s",
+            text_name(str(root)),
+            *(f"{sides[side]}/" for side in ("train", "val")),
+            f", testing on {sides['test']}/" if "test" in sides else "",
+        )
     else:
         class_dirs = {"": top}
         classes = list(top)
     if not classes:
-        raise DataError(f"{text_name(str(root))}: no class folders found "
-                        f"(expected {text_name(str(root))}/<class>/<images>)")
+        raise DataError(
+            f"{text_name(str(root))}: no class folders found "
+            f"(expected {text_name(str(root))}/<class>/<images>)"
+        )
     for side, found in class_dirs.items():
         folder = sides.get(side, "")
         for name, (entry, real) in found.items():
-            scan.walk(Path(entry.path), real, _join(folder, name), _join(folder, entry.name),
-                      classes.index(name), frozenset({scan.root_real, real}))
+            scan.walk(
+                Path(entry.path),
+                real,
+                _join(folder, name),
+                _join(folder, entry.name),
+                classes.index(name),
+                frozenset({scan.root_real, real}),
+            )
     counts = np.bincount([i.label for i in scan.items], minlength=len(classes))
     for class_name, count in zip(classes, counts):
         if count == 0:
@@ -261,8 +296,9 @@ class _Scan:
     def skip(self, rel: str, reason: str) -> None:
         self.skipped.append(Skipped(rel, reason))
 
-    def folders(self, folder: Path, folder_real: Path, rel: str,
-                ancestors: frozenset[Path]) -> dict[str, tuple[os.DirEntry, Path]]:
+    def folders(
+        self, folder: Path, folder_real: Path, rel: str, ancestors: frozenset[Path]
+    ) -> dict[str, tuple[os.DirEntry, Path]]:
         """The class folders directly in `folder`: name -> (entry, real folder); the files and
         what is no class there skipped with their reasons."""
         found: dict[str, tuple[os.DirEntry, Path]] = {}
@@ -296,8 +332,9 @@ class _Scan:
         for entry in found:
             name = text_name(entry.name)
             if name in named:
-                self.skip(_join(rel, name),
-                          f"{REASON_NAME_CLASH} (on disk {os.fsencode(entry.name)!r})")
+                self.skip(
+                    _join(rel, name), f"{REASON_NAME_CLASH} (on disk {os.fsencode(entry.name)!r})"
+                )
             else:
                 named[name] = entry
         return sorted(named.items())
@@ -315,16 +352,27 @@ class _Scan:
             self.skip(rel, REASON_LINK_BROKEN)
             return None
         except OSError as err:
-            self.skip(rel, REASON_LINK_LOOP if err.errno == errno.ELOOP
-                      else f"cannot read file ({err.strerror or err})")
+            self.skip(
+                rel,
+                REASON_LINK_LOOP
+                if err.errno == errno.ELOOP
+                else f"cannot read file ({err.strerror or err})",
+            )
             return None
         if real != self.root_real and not real.is_relative_to(self.root_real):
             self.skip(rel, REASON_LINK_OUTSIDE)
             return None
         return real
 
-    def walk(self, folder: Path, folder_real: Path, rel: str, disk_rel: str, label: int,
-             ancestors: frozenset[Path]) -> None:
+    def walk(
+        self,
+        folder: Path,
+        folder_real: Path,
+        rel: str,
+        disk_rel: str,
+        label: int,
+        ancestors: frozenset[Path],
+    ) -> None:
         """Add every file under `folder` (real folders in `ancestors` are not entered again)."""
         for name, entry in self.entries(folder, rel):
             child, disk_child = _join(rel, name), _join(disk_rel, entry.name)
@@ -352,8 +400,11 @@ class _Scan:
                     continue
                 if child != disk_child:
                     self.disk_paths[child] = disk_child
-                self.items.append(ManifestItem(child, label, hashlib.sha256(content).hexdigest(),
-                                               header_size(content)))
+                self.items.append(
+                    ManifestItem(
+                        child, label, hashlib.sha256(content).hexdigest(), header_size(content)
+                    )
+                )
 
 
 def is_run_dir(folder: Path) -> bool:

@@ -41,19 +41,26 @@ def given_split(dataset: Dataset) -> Split:
     side_of = {folder: side for side, folder in dataset.sides.items()}
     of = np.array([side_of[path.split("/", 1)[0]] for path in dataset.paths])
     split = Split(*(np.flatnonzero(of == side) for side in ("train", "val", "test")))
-    untaught = sorted(set(dataset.classes) - {dataset.classes[c]
-                                              for c in dataset.labels[split.train]})
+    untaught = sorted(
+        set(dataset.classes) - {dataset.classes[c] for c in dataset.labels[split.train]}
+    )
     if untaught:
-        raise DataError(f"no training images ({dataset.sides['train']}/) for "
-                        f"{'class' if len(untaught) == 1 else 'classes'} {', '.join(untaught)}")
+        raise DataError(
+            f"no training images ({dataset.sides['train']}/) for "
+            f"{'class' if len(untaught) == 1 else 'classes'} {', '.join(untaught)}"
+        )
     if not len(split.val):
         raise DataError(f"no validation images in {dataset.sides['val']}/")
     trained = {dataset.sha256[i] for i in split.train}
     for side, index in split.sides()[1:]:
         copies = sum(dataset.sha256[i] in trained for i in index)
         if copies:
-            log.warning("%d images of %s/ have the same content as a training image: its "
-                        "accuracy is not a held-out figure", copies, dataset.sides[side])
+            log.warning(
+                "%d images of %s/ have the same content as a training image: its "
+                "accuracy is not a held-out figure",
+                copies,
+                dataset.sides[side],
+            )
     return split
 
 
@@ -86,13 +93,18 @@ def _stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
     n_train = _approximate_mode(counts, len(labels) - n, rng)
     n_val = _approximate_mode(counts - n_train, n, rng)
-    return np.concatenate([m.take(rng.permutation(len(m)))[k:k + v]
-                           for m, k, v in zip(members, n_train, n_val)])
+    return np.concatenate(
+        [m.take(rng.permutation(len(m)))[k : k + v] for m, k, v in zip(members, n_train, n_val)]
+    )
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
-                     groups: Sequence[str] | None = None,
-                     classes: Sequence[str] | None = None) -> Split:
+def stratified_split(
+    labels: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    groups: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> Split:
     """Each class contributes about val_fraction of its images to validation.
 
     groups: one key per image (its sha256); images sharing a key always land on the same side,
@@ -106,8 +118,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
     else:
         if len(groups) != len(labels):
             raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
-        _, first, group_of = np.unique(np.asarray(groups), return_index=True,
-                                       return_inverse=True)
+        _, first, group_of = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
         # number the groups by first appearance, so that distinct contents split as plain images
         order = np.argsort(first, kind="stable")
         rank = np.empty_like(order)
@@ -120,19 +131,25 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
         raise DataError(f"need at least 2 classes with images to train, found {len(present)}")
     if classes is not None and len(present) < len(classes):  # outputs that no image teaches
         empty = [classes[c] for c in np.flatnonzero(counts == 0)]
-        raise DataError(f"{'class' if len(empty) == 1 else 'classes'} without images: "
-                        f"{', '.join(empty)}; add images or remove the folder"
-                        f"{'' if len(empty) == 1 else 's'} (imgclass scan lists them)")
+        raise DataError(
+            f"{'class' if len(empty) == 1 else 'classes'} without images: "
+            f"{', '.join(empty)}; add images or remove the folder"
+            f"{'' if len(empty) == 1 else 's'} (imgclass scan lists them)"
+        )
     if present.min() < 2:
         copies = " of different content (copies count once)" if len(first) < len(labels) else ""
         short = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
         named = ", ".join(classes[c] if classes is not None else f"class {c}" for c in short)
-        raise DataError(f"every class needs at least 2 images{copies} (one for training, one "
-                        f"for validation); {named} {'has' if len(short) == 1 else 'have'} 1")
+        raise DataError(
+            f"every class needs at least 2 images{copies} (one for training, one "
+            f"for validation); {named} {'has' if len(short) == 1 else 'have'} 1"
+        )
     n_val = max(round(val_fraction * len(first)), len(present))  # at least one per class
     if len(first) - n_val < len(present):
-        raise DataError(f"a validation share of {val_fraction} of {len(first)} images leaves "
-                        f"fewer training images than the {len(present)} classes")
+        raise DataError(
+            f"a validation share of {val_fraction} of {len(first)} images leaves "
+            f"fewer training images than the {len(present)} classes"
+        )
     val_groups = _stratified_sample(group_labels, n_val, stream_seed(seed, "split") % 2**32)
     in_val = np.isin(group_of, val_groups)
     return Split(np.flatnonzero(~in_val), np.flatnonzero(in_val))
@@ -140,10 +157,22 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int,
 
 def split_json(split: Split, dataset: Dataset, seed: int, val_split: float) -> dict:
     """What split.json holds: every file of each side with its content hash and class."""
-    return {"seed": seed, "val_split": val_split, "given": dataset.sides, **{
-        side: [{"path": dataset.paths[i], "sha256": dataset.sha256[i],
-                "label": dataset.classes[dataset.labels[i]]} for i in index]
-        for side, index in split.sides()}}
+    return {
+        "seed": seed,
+        "val_split": val_split,
+        "given": dataset.sides,
+        **{
+            side: [
+                {
+                    "path": dataset.paths[i],
+                    "sha256": dataset.sha256[i],
+                    "label": dataset.classes[dataset.labels[i]],
+                }
+                for i in index
+            ]
+            for side, index in split.sides()
+        },
+    }
 
 
 def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
@@ -160,8 +189,11 @@ def saved_split(path: Path, dataset: Dataset) -> tuple[Split, list[str]]:
         kept = []
         for entry in saved.get(side, []):
             i = where.get(entry["path"])
-            if i is None or dataset.sha256[i] != entry["sha256"] or (
-                    dataset.classes[dataset.labels[i]] != entry["label"]):
+            if (
+                i is None
+                or dataset.sha256[i] != entry["sha256"]
+                or (dataset.classes[dataset.labels[i]] != entry["label"])
+            ):
                 changed.append(entry["path"])
             else:
                 kept.append(i)

@@ -47,8 +47,9 @@ class Legacy:
 
 LEGACY: dict[str, Legacy] = {
     "resnet18": Legacy("resnet18", 0.0),
-    "mobilenet_v3_small": Legacy("mobilenetv3_small_100", 0.2,
-                                 (("bn_eps", 1e-3), ("bn_momentum", 0.01))),
+    "mobilenet_v3_small": Legacy(
+        "mobilenetv3_small_100", 0.2, (("bn_eps", 1e-3), ("bn_momentum", 0.01))
+    ),
     "efficientnet_b0": Legacy("efficientnet_b0", 0.2),
 }
 # ImageNet weights installed from the package index (no network at run time): the
@@ -84,12 +85,12 @@ class Backbone(nn.Module):
             dropout = LEGACY[name].dropout
         if dropout is not None:
             options["drop_rate"] = dropout
-        self.net = timm.create_model(timm_name(name), pretrained=False, num_classes=num_classes,
-                                     **options)
+        self.net = timm.create_model(
+            timm_name(name), pretrained=False, num_classes=num_classes, **options
+        )
         cfg = self.net.pretrained_cfg
         # not in the state dict: fixed by the backbone, and timm's keys stay as they are
-        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
         self.weights: dict | None = None  # where pretrained weights came from (load_pretrained)
 
@@ -103,8 +104,9 @@ class Backbone(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features, the head's input (N, num_features): what `transfer` caches."""
-        return self.net.forward_head(self.net.forward_features((x - self.mean) / self.std),
-                                     pre_logits=True)
+        return self.net.forward_head(
+            self.net.forward_features((x - self.mean) / self.std), pre_logits=True
+        )
 
     def freeze(self, frozen: bool) -> None:
         """Train the new head only (frozen), or every parameter.
@@ -149,13 +151,16 @@ class TopStages(nn.Module):
 
         net = backbone.net
         if not isinstance(net, EfficientNet):
-            raise ValueError(f"finetune_stages: {backbone.name} is not of timm's EfficientNet "
-                             "family; use finetune_stages 0 (every layer, on the images)")
+            raise ValueError(
+                f"finetune_stages: {backbone.name} is not of timm's EfficientNet "
+                "family; use finetune_stages 0 (every layer, on the images)"
+            )
         if not 1 <= stages <= len(net.blocks):
-            raise ValueError(f"finetune_stages: {backbone.name} has {len(net.blocks)} stages, "
-                             f"got {stages}")
+            raise ValueError(
+                f"finetune_stages: {backbone.name} has {len(net.blocks)} stages, got {stages}"
+            )
         self.first = len(net.blocks) - stages  # the first stage trained
-        self.blocks = net.blocks[self.first:]
+        self.blocks = net.blocks[self.first :]
         self.conv_head, self.bn2, self.global_pool = net.conv_head, net.bn2, net.global_pool
         self.dropout = nn.Dropout(net.drop_rate)
         self.classifier = net.classifier
@@ -180,8 +185,9 @@ class TopStages(nn.Module):
         """The activations these stages take: the backbone's layers below them on a batch of
         images (RGB in [0, 1], NCHW), in eval mode."""
         net = backbone.net.eval()
-        return net.blocks[:self.first](net.bn1(net.conv_stem(
-            (images - backbone.mean) / backbone.std)))
+        return net.blocks[: self.first](
+            net.bn1(net.conv_stem((images - backbone.mean) / backbone.std))
+        )
 
     def install(self, backbone: Backbone) -> None:
         """Nothing to copy: the layers trained are the backbone's own."""
@@ -193,8 +199,13 @@ def _fits(value: torch.Tensor, target: torch.Tensor) -> bool:
     return value.shape == target.shape or squeeze[0] == squeeze[1]
 
 
-def convert_state_dict(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
-                       head: str, what: str, ordered: bool) -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    state: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    head: str,
+    what: str,
+    ordered: bool,
+) -> dict[str, torch.Tensor]:
     """`state` as the tensors of `own` (a model's state dict) but those under `head` ("": none
     left out): by name when every name matches, else by position (same count, order, shapes)
     where the file keeps its tensors in the order they were saved (`ordered`: PyTorch's files,
@@ -203,20 +214,29 @@ def convert_state_dict(state: dict[str, torch.Tensor], own: dict[str, torch.Tens
     if all(k in state for k in wanted):
         pairs = [(k, state[k]) for k in wanted]
     elif len(state) == len(own) and not ordered:
-        raise ValueError(f"{what}: its tensor names are not timm's and a .safetensors file keeps "
-                         "no order to map them by position (save the state dict with torch.save)")
+        raise ValueError(
+            f"{what}: its tensor names are not timm's and a .safetensors file keeps "
+            "no order to map them by position (save the state dict with torch.save)"
+        )
     elif len(state) == len(own):
         pairs = [(k, v) for k, v in zip(own, state.values()) if k in set(wanted)]
     else:
         missing = [k for k in wanted if k not in state]
-        raise ValueError(f"{what}: {len(state)} tensors where the model has {len(own)}, and "
-                         f"{len(missing)} of its names missing ({', '.join(missing[:3])}"
-                         f"{', ...' if len(missing) > 3 else ''})")
-    wrong = [f"{k} {list(v.shape)} (model: {list(own[k].shape)})" for k, v in pairs
-             if not _fits(v, own[k])]
+        raise ValueError(
+            f"{what}: {len(state)} tensors where the model has {len(own)}, and "
+            f"{len(missing)} of its names missing ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''})"
+        )
+    wrong = [
+        f"{k} {list(v.shape)} (model: {list(own[k].shape)})"
+        for k, v in pairs
+        if not _fits(v, own[k])
+    ]
     if wrong:
-        raise ValueError(f"{what}: shape differs for {len(wrong)} tensors: {'; '.join(wrong[:3])}"
-                         f"{'; ...' if len(wrong) > 3 else ''}")
+        raise ValueError(
+            f"{what}: shape differs for {len(wrong)} tensors: {'; '.join(wrong[:3])}"
+            f"{'; ...' if len(wrong) > 3 else ''}"
+        )
     return {k: v.reshape(own[k].shape).to(own[k].dtype) for k, v in pairs}
 
 
@@ -227,15 +247,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(path)
         else:  # a PyTorch .pth/.bin state dict; weights_only: never run pickled code
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError,
-            ValueError) as err:
-        raise ValueError(f"{path}: not a readable weights file "
-                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-                         ) from err
+    except (
+        SafetensorError,
+        pickle.UnpicklingError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        ValueError,
+    ) as err:
+        raise ValueError(
+            f"{path}: not a readable weights file "
+            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        ) from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a training checkpoint that wraps its weights
-    if (not isinstance(state, dict) or not state
-            or not all(isinstance(v, torch.Tensor) for v in state.values())):
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise ValueError(f"{path}: not a state dict (a mapping of names to tensors)")
     if all(k.startswith("net.") for k in state):  # an imgclass run's model.safetensors
         state = {k.removeprefix("net."): v for k, v in state.items()}
@@ -244,8 +274,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _download_hint(what: str, err: BaseException) -> ValueError:
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return ValueError(f"--pretrained imagenet: cannot download {what} ({first}); offline, "
-                      "download that file elsewhere and give its path: --pretrained FILE")
+    return ValueError(
+        f"--pretrained imagenet: cannot download {what} ({first}); offline, "
+        "download that file elsewhere and give its path: --pretrained FILE"
+    )
 
 
 def imagenet_file(name: str) -> Path:
@@ -285,10 +317,21 @@ def load_pretrained(model: Backbone, source: str | os.PathLike) -> None:
     head = model.net.pretrained_cfg["classifier"]
     # the head too where it has the file's class count (ImageNet's 1000: the original model)
     keep_head = [v.shape for v in list(state.values())[-2:]] == [
-        v.shape for k, v in own.items() if k.startswith(f"{head}.")]
-    body = convert_state_dict(state, own, "" if keep_head else head,
-                              f"{path}: not {model.name} weights", path.suffix != ".safetensors")
+        v.shape for k, v in own.items() if k.startswith(f"{head}.")
+    ]
+    body = convert_state_dict(
+        state,
+        own,
+        "" if keep_head else head,
+        f"{path}: not {model.name} weights",
+        path.suffix != ".safetensors",
+    )
     model.net.load_state_dict(body, strict=False)
     model.weights = {"source": str(source), "file": str(path), "sha256": file_sha256(path)}
-    log.info("%s: loaded %d pretrained tensors from %s (new head: %d classes)", model.name,
-             len(body), path, model.net.num_classes)
+    log.info(
+        "%s: loaded %d pretrained tensors from %s (new head: %d classes)",
+        model.name,
+        len(body),
+        path,
+        model.net.num_classes,
+    )

@@ -30,8 +30,13 @@ class ConvGroup(nn.Module):
 
 
 class FastNet(nn.Module):
-    def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
-                 head_scale: float = 1 / 8, dropout: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int,
+        widths: tuple[int, int, int, int] = (24, 48, 96, 192),
+        head_scale: float = 1 / 8,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.stem = nn.Sequential(  # stride-2 stem: 64x64 in, 32x32 out
             nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),

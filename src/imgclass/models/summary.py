@@ -14,8 +14,11 @@ _FOLDED = (nn.ReLU, nn.GELU, nn.SiLU)
 
 
 def _describe(module: nn.Module) -> str:
-    inner = [type(m).__name__ for m in module.modules()
-             if m is not module and not isinstance(m, nn.Identity)]
+    inner = [
+        type(m).__name__
+        for m in module.modules()
+        if m is not module and not isinstance(m, nn.Identity)
+    ]
     return ", ".join([_describe_one(module), *inner])
 
 
@@ -44,8 +47,11 @@ def _shape(output: torch.Tensor) -> str:
 
 def _own_counts(module: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in module.parameters(recurse=False))
-    stats = sum(b.numel() for name, b in module.named_buffers(recurse=False)
-                if name != "num_batches_tracked")
+    stats = sum(
+        b.numel()
+        for name, b in module.named_buffers(recurse=False)
+        if name != "num_batches_tracked"
+    )
     return trainable, stats
 
 
@@ -82,12 +88,15 @@ def model_summary(model: nn.Module, image_size: int, title: str = "") -> str:
         model.train(was_training)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(_own_counts(m)[1] for m in model.modules()) + sum(
-        p.numel() for p in model.parameters() if not p.requires_grad)
+        p.numel() for p in model.parameters() if not p.requires_grad
+    )
     total = trainable + frozen
     width = max(len(r[0]) for r in rows) + 2
     lines = [title] if title else []
     lines.append(f"{'layer':<{width}}{'output shape':>14}{'parameters':>14}")
     lines += [f"{d:<{width}}{s:>14}{p:>14,}" for d, s, p in rows]
-    lines.append(f"Total {total:,} parameters ({total * 4 / 2**20:.2f} MB in float32): "
-                 f"{trainable:,} trainable, {frozen:,} non-trainable")
+    lines.append(
+        f"Total {total:,} parameters ({total * 4 / 2**20:.2f} MB in float32): "
+        f"{trainable:,} trainable, {frozen:,} non-trainable"
+    )
     return "\n".join(lines)

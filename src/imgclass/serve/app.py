@@ -48,20 +48,32 @@ FIELDS = ("file", "files")  # multipart field names that carry images
 MAX_FILES = 64  # images per request
 
 _STATUS_BY_REASON = {REASON_EMPTY: 400, REASON_NOT_AN_IMAGE: 415, REASON_TOO_MANY_PIXELS: 413}
-_ERRORS = {status: {"description": text} for status, text in {
-    400: "empty body or image, or malformed multipart data",
-    405: "method not allowed",
-    413: "body larger than --max-upload-mb, or image with more pixels than --max-pixels",
-    415: "not an image (unrecognised format)",
-    422: "truncated or corrupt image, no image field, or a bad parameter",
-}.items()}
-_REQUEST_BODY = {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "string", "format": "binary"},
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-}}
+_ERRORS = {
+    status: {"description": text}
+    for status, text in {
+        400: "empty body or image, or malformed multipart data",
+        405: "method not allowed",
+        413: "body larger than --max-upload-mb, or image with more pixels than --max-pixels",
+        415: "not an image (unrecognised format)",
+        422: "truncated or corrupt image, no image field, or a bad parameter",
+    }.items()
+}
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
 
 
 class ClassScore(BaseModel):
@@ -116,12 +128,19 @@ class _Multipart(MultiPartParser):
 
 
 def _status(err: ImageDecodeError) -> int:
-    return next((status for reason, status in _STATUS_BY_REASON.items()
-                 if err.reason.startswith(reason)), 422)
+    return next(
+        (status for reason, status in _STATUS_BY_REASON.items() if err.reason.startswith(reason)),
+        422,
+    )
 
 
-def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_k: int = 3,
-               batch_size: int = 32) -> FastAPI:
+def create_app(
+    predictor: Predictor,
+    *,
+    max_upload_bytes: int = 20 * 2**20,
+    top_k: int = 3,
+    batch_size: int = 32,
+) -> FastAPI:
     """The service around a loaded Predictor; its pixel limit is predictor.max_pixels."""
     batcher = MicroBatcher(predictor.predict_pixels, batch_size)
     default_top_k = top_k
@@ -134,13 +153,17 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
         yield
         await batcher.stop()
 
-    app = FastAPI(title="imgclass", summary=f"Image classifier: {', '.join(predictor.classes)}",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="imgclass",
+        summary=f"Image classifier: {', '.join(predictor.classes)}",
+        lifespan=lifespan,
+    )
 
     async def body_chunks(request: Request) -> AsyncIterator[bytes]:
         """The request body, refused with 413 as soon as it passes the limit."""
-        too_large = HTTPException(413, f"request body larger than {max_upload_bytes} bytes "
-                                       "(--max-upload-mb)")
+        too_large = HTTPException(
+            413, f"request body larger than {max_upload_bytes} bytes (--max-upload-mb)"
+        )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_upload_bytes:
             raise too_large
@@ -159,42 +182,66 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
         """(name, bytes) of every image in the request: multipart fields or the raw body."""
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             return [("<body>", b"".join([chunk async for chunk in body_chunks(request)]))]
-        parser = _Multipart(request.headers, body_chunks(request), max_files=MAX_FILES,
-                            max_fields=MAX_FILES, max_part_size=max_upload_bytes)
+        parser = _Multipart(
+            request.headers,
+            body_chunks(request),
+            max_files=MAX_FILES,
+            max_fields=MAX_FILES,
+            max_part_size=max_upload_bytes,
+        )
         try:
             form = await parser.parse()
         except MultiPartException as err:
             raise HTTPException(400, f"malformed multipart body: {err.message}") from err
         try:
             if not parser.ended:
-                raise HTTPException(400, "malformed multipart body: it ends before its closing "
-                                         "boundary")
-            images = [(value.filename or field, value) for field, value in form.multi_items()
-                      if field in FIELDS and isinstance(value, UploadFile)]
+                raise HTTPException(
+                    400, "malformed multipart body: it ends before its closing boundary"
+                )
+            images = [
+                (value.filename or field, value)
+                for field, value in form.multi_items()
+                if field in FIELDS and isinstance(value, UploadFile)
+            ]
             if not images:
                 got = ", ".join(sorted({f for f, _ in form.multi_items()})) or "none"
-                raise HTTPException(422, f"no image field: send images as multipart field "
-                                         f"'file' (or 'files', repeated); fields sent: {got}")
+                raise HTTPException(
+                    422,
+                    f"no image field: send images as multipart field "
+                    f"'file' (or 'files', repeated); fields sent: {got}",
+                )
             return [(name, await value.read()) for name, value in images]
         finally:
             await form.close()
 
     async def classify(name: str, data: bytes, k: int) -> ImagePrediction:
         try:
-            pixels = await anyio.to_thread.run_sync(predictor.load_pixels, data, name,
-                                                    limiter=decoders)
+            pixels = await anyio.to_thread.run_sync(
+                predictor.load_pixels, data, name, limiter=decoders
+            )
         except ImageDecodeError as err:
             raise HTTPException(_status(err), str(err)) from err
         labels, probabilities = predictor.top(await batcher(pixels), k)
-        return ImagePrediction(name=name, top=[
-            ClassScore(label=label, index=predictor.classes.index(label), probability=p)
-            for label, p in zip(labels, probabilities)])
+        return ImagePrediction(
+            name=name,
+            top=[
+                ClassScore(label=label, index=predictor.classes.index(label), probability=p)
+                for label, p in zip(labels, probabilities)
+            ],
+        )
 
-    @app.post("/predict", response_model=Predictions, responses=_ERRORS,
-              openapi_extra={"requestBody": _REQUEST_BODY})
-    async def predict(request: Request, top_k: int | None = Query(
-            None, ge=1, description="labels per image (default: the service's --top-k)")
-            ) -> Predictions:
+    @app.post(
+        "/predict",
+        response_model=Predictions,
+        responses=_ERRORS,
+        openapi_extra={"requestBody": _REQUEST_BODY},
+    )
+    async def predict(
+        request: Request,
+        top_k: int | None = Query(
+            None, ge=1, description="labels per image (default: the service's --top-k)"
+        ),
+    ) -> Predictions:
         """Top-k labels of one or several images: multipart field 'file' / 'files', or the body."""
         k = top_k or default_top_k
         images = await uploads(request)
@@ -258,26 +305,43 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
     async def v2_model(model_name: str) -> dict:
         """Open Inference Protocol: the model's inputs and outputs (and its classes)."""
         known(model_name)
-        return {"name": name, "versions": [], "platform": f"imgclass/{predictor.backend}",
-                "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]},
-                           {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "probabilities", "datatype": "FP32",
-                             "shape": [-1, len(predictor.classes)]},
-                            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                            {"name": "index", "datatype": "INT64", "shape": [-1]}],
-                "parameters": {"classes": predictor.classes}}
+        return {
+            "name": name,
+            "versions": [],
+            "platform": f"imgclass/{predictor.backend}",
+            "inputs": [
+                {"name": "image", "datatype": "UINT8", "shape": [-1, size, size, 3]},
+                {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [-1, len(predictor.classes)],
+                },
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                {"name": "index", "datatype": "INT64", "shape": [-1]},
+            ],
+            "parameters": {"classes": predictor.classes},
+        }
 
     async def v2_images(tensor: V2Tensor) -> list[np.ndarray]:
         """A request's input -> (H, W, 3) uint8 images of the model's size."""
         flat = np.asarray(tensor.data, dtype=object).reshape(-1)
         if int(np.prod(tensor.shape)) != flat.size:
-            raise V2Error(400, f"input {tensor.name!r}: shape {tensor.shape} holds "
-                               f"{int(np.prod(tensor.shape))} values, data has {flat.size}")
+            raise V2Error(
+                400,
+                f"input {tensor.name!r}: shape {tensor.shape} holds "
+                f"{int(np.prod(tensor.shape))} values, data has {flat.size}",
+            )
         if tensor.datatype == "UINT8":
             if tensor.shape[1:] != [size, size, 3]:
-                raise V2Error(400, f"input {tensor.name!r}: UINT8 pixels must have shape "
-                                   f"[N, {size}, {size}, 3] (RGB at the model's size), got "
-                                   f"{tensor.shape}")
+                raise V2Error(
+                    400,
+                    f"input {tensor.name!r}: UINT8 pixels must have shape "
+                    f"[N, {size}, {size}, 3] (RGB at the model's size), got "
+                    f"{tensor.shape}",
+                )
             try:
                 pixels = np.array(flat.tolist(), dtype=np.int64)
             except (TypeError, ValueError) as err:
@@ -292,16 +356,23 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
                 try:
                     data = base64.b64decode(item, validate=True)
                 except (TypeError, ValueError, binascii.Error) as err:
-                    raise V2Error(400, f"input {where}: not a base64 string of an encoded "
-                                       "image") from err
+                    raise V2Error(
+                        400, f"input {where}: not a base64 string of an encoded image"
+                    ) from err
                 try:
-                    images.append(await anyio.to_thread.run_sync(
-                        predictor.load_pixels, data, where, limiter=decoders))
+                    images.append(
+                        await anyio.to_thread.run_sync(
+                            predictor.load_pixels, data, where, limiter=decoders
+                        )
+                    )
                 except ImageDecodeError as err:
                     raise V2Error(_status(err), str(err)) from err
             return images
-        raise V2Error(400, f"input {tensor.name!r}: datatype {tensor.datatype} not served: "
-                           f"send UINT8 [N, {size}, {size}, 3] pixels or BYTES of encoded images")
+        raise V2Error(
+            400,
+            f"input {tensor.name!r}: datatype {tensor.datatype} not served: "
+            f"send UINT8 [N, {size}, {size}, 3] pixels or BYTES of encoded images",
+        )
 
     @app.post("/v2/models/{model_name}/infer")
     async def v2_infer(model_name: str, request: Request) -> dict:
@@ -309,14 +380,17 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
         probabilities, the best label and its index, per image."""
         known(model_name)
         try:
-            call = V2Request.model_validate_json(b"".join(
-                [chunk async for chunk in body_chunks(request)]))
+            call = V2Request.model_validate_json(
+                b"".join([chunk async for chunk in body_chunks(request)])
+            )
         except ValidationError as err:
-            raise V2Error(400, f"not an inference request: {err.errors()[0]['msg']} at "
-                               f"{'.'.join(map(str, err.errors()[0]['loc']))}") from err
+            raise V2Error(
+                400,
+                f"not an inference request: {err.errors()[0]['msg']} at "
+                f"{'.'.join(map(str, err.errors()[0]['loc']))}",
+            ) from err
         if len(call.inputs) != 1:
-            raise V2Error(400, f"one input expected (image or image_bytes), got "
-                               f"{len(call.inputs)}")
+            raise V2Error(400, f"one input expected (image or image_bytes), got {len(call.inputs)}")
         wanted = [o.get("name") for o in call.outputs] if call.outputs else list(outputs)
         if unknown := [o for o in wanted if o not in outputs]:
             raise V2Error(400, f"no output {unknown[0]!r}: choose {', '.join(outputs)}")
@@ -331,12 +405,18 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
                 group.start_soon(one, index)
         probabilities = np.array(rows, dtype=np.float32).reshape(len(images), -1)
         best = probabilities.argmax(axis=1) if len(images) else np.zeros(0, dtype=np.int64)
-        data = {"probabilities": (list(probabilities.shape), probabilities.ravel().tolist()),
-                "label": ([len(images)], [predictor.classes[i] for i in best]),
-                "index": ([len(images)], best.tolist())}
-        answer = {"model_name": name, "outputs": [
-            {"name": o, "datatype": outputs[o], "shape": data[o][0], "data": data[o][1]}
-            for o in wanted]}
+        data = {
+            "probabilities": (list(probabilities.shape), probabilities.ravel().tolist()),
+            "label": ([len(images)], [predictor.classes[i] for i in best]),
+            "index": ([len(images)], best.tolist()),
+        }
+        answer = {
+            "model_name": name,
+            "outputs": [
+                {"name": o, "datatype": outputs[o], "shape": data[o][0], "data": data[o][1]}
+                for o in wanted
+            ],
+        }
         return {**answer, "id": call.id} if call.id is not None else answer
 
     @app.get("/", response_class=HTMLResponse)
@@ -347,14 +427,23 @@ def create_app(predictor: Predictor, *, max_upload_bytes: int = 20 * 2**20, top_
     return app
 
 
-def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_bytes: int = 20 * 2**20, max_pixels: int = 40_000_000, top_k: int = 3,
-          batch_size: int = 32, backend: str = "auto") -> None:
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_bytes: int = 20 * 2**20,
+    max_pixels: int = 40_000_000,
+    top_k: int = 3,
+    batch_size: int = 32,
+    backend: str = "auto",
+) -> None:
     """Load MODEL (run directory or .onnx) and serve it with uvicorn until interrupted."""
     import uvicorn
 
     predictor = Predictor(model, batch_size, max_pixels=max_pixels, backend=backend)
     log.info("%s: %s", model, predictor.backend)
-    app = create_app(predictor, max_upload_bytes=max_upload_bytes, top_k=top_k,
-                     batch_size=batch_size)
+    app = create_app(
+        predictor, max_upload_bytes=max_upload_bytes, top_k=top_k, batch_size=batch_size
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")
