@@ -259,6 +259,7 @@ def _info_in_train_log(caplog):
         yield
 
 
+@pytest.mark.slow
 def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
     data, pretrained_file, tmp_path, monkeypatch
 ):

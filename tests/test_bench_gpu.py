@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_smoke_runs_every_part_on_the_cpu(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],

@@ -47,6 +47,7 @@ def _one_line_naming(result: subprocess.CompletedProcess, inside: Path) -> Path:
     return named
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_decoding_or_training_is_one_line(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     cache = tmp_path / "cache"
@@ -72,6 +73,7 @@ def test_a_full_disk_while_decoding_or_training_is_one_line(tmp_path):
     assert named.suffix == ".safetensors"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["evaluate", "report", "export", "prepare"])
 def test_a_full_disk_in_the_commands_after_training_is_one_line(trained_run, tmp_path, command):
     if command == "prepare":

@@ -140,6 +140,7 @@ OPTIONS = {
 TOLERANCE = {"val_acc": 0.1, "val_loss": 0.05, "train_loss": 0.15}
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=30, size=16)
     single = train(data, tmp_path / "one", cache_dir=tmp_path / "cache", **OPTIONS)

@@ -28,6 +28,7 @@ def _csv_of(tree, name="labels.csv", header="image,label,split\n"):
     return tree / name
 
 
+@pytest.mark.slow
 def test_a_csv_gives_the_manifest_of_the_class_folders_and_trains_alike(tmp_path):
     tree = make_class_tree(tmp_path / "data", per_class=8)
     labels = _csv_of(tree)

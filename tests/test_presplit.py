@@ -47,6 +47,7 @@ def test_split_folders_are_the_split_and_test_is_reported(presplit, tmp_path, ca
     assert "test accuracy" in caplog.text and "on the 6 images of test/" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_presplit_run_resumes_with_its_test_side(presplit, tmp_path, monkeypatch):
     ctrl_c_after_epoch(monkeypatch, 1)
     cut = train(presplit, tmp_path / "run", **OPTIONS)
@@ -84,6 +85,7 @@ def test_folders_named_like_sides_but_holding_images_are_classes(tmp_path):
     assert scan_folder(split).classes == ["extra", "train", "val"]
 
 
+@pytest.mark.slow
 def test_a_class_without_training_images_and_copies_across_sides(presplit, tmp_path, caplog):
     shutil.copy(
         next((presplit / "train" / "red").iterdir()), presplit / "valid" / "red" / "copy.jpg"

@@ -41,6 +41,7 @@ PLACEHOLDERS = {
     "RUN": "runs/animals6",
     "../shared/datasets/animals10-raw": "drop",
 }
+pytestmark = pytest.mark.slow  # ~150 s: every README command, models trained for real
 SERVED = re.compile(r"(https?://)?(127\.0\.0\.1|localhost):8000")
 
 

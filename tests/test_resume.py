@@ -98,6 +98,7 @@ def _in_second_epoch(process: subprocess.Popen, run: Path) -> None:
     pytest.fail("no checkpoint after 300 s")
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_result(data, reference, tmp_path):
     run = tmp_path / "run"
     process = _start(data, run)
@@ -115,6 +116,7 @@ def test_a_killed_run_resumes_to_the_same_result(data, reference, tmp_path):
     assert_same_results(reference, run)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_run_and_resume_finishes_it(data, reference, tmp_path):
     run = tmp_path / "run"
     process = _start(data, run)
@@ -140,6 +142,7 @@ def test_ctrl_c_saves_the_run_and_resume_finishes_it(data, reference, tmp_path):
     assert_same_results(reference, run)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=6)
     run = tmp_path / "run"

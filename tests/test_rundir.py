@@ -85,6 +85,7 @@ def test_one_training_per_folder_and_a_killed_one_leaves_it_free(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["final_epoch"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_a_write_killed_half_done_is_removed_when_the_run_goes_on(tmp_path, monkeypatch):
     from tests.conftest import ctrl_c_after_epoch

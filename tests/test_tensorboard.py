@@ -30,6 +30,7 @@ def test_event_files_hold_the_history(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_without_tensorboard_only_the_csv(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
     data = make_class_tree(tmp_path / "data", per_class=8, size=16)

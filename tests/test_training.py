@@ -154,6 +154,7 @@ def test_max_pixels_skips_a_huge_image_with_its_reason(tmp_path):
     assert result.metrics["skipped_files"] == 1
 
 
+@pytest.mark.slow
 def test_every_regularisation_option_together_trains_and_learns(tmp_path):
     """MixUp+CutMix, random erasing, class weights, the balanced sampler, AdamW with cosine
     warm-up: a run completes, reports macro-F1 and still learns three colours. (TrivialAugment

@@ -42,6 +42,7 @@ def _info(caplog):
         yield
 
 
+@pytest.mark.slow
 def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog):
     cache = tmp_path / "cache"
     first = train(data, tmp_path / "first", cache_dir=cache, **OPTIONS)
@@ -92,6 +93,7 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
     assert [h.val_loss for h in second.history] == [h.val_loss for h in first.history]
 
 
+@pytest.mark.slow
 def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
     options = {**OPTIONS, "export": False}
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
@@ -106,6 +108,7 @@ def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_path, monkeypatch):
     """--finetune-epochs N: after the head, every layer for N epochs on the images (the epochs
     numbered after the head's); a run cut in the fine-tuning stage resumes as the whole one."""
@@ -141,6 +144,7 @@ def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeypatch, caplog):
     """finetune_stages N (the recipe's 2): the last N stages, on the activations below them
     (each training image and its mirror); the layers below and every BatchNorm's statistics
@@ -233,6 +237,7 @@ def test_transfer_options_are_checked():
     assert not any(name.startswith("augment.") for name in search_space(build_config()))
 
 
+@pytest.mark.slow
 def test_transfer_is_the_default_recipe_and_seed_one_flag_away(data, tmp_path):
     """Issue 12.4: `imgclass train DATA` trains the transfer recipe; --recipe seed is the
     reference system as it was the default."""
