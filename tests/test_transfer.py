@@ -18,6 +18,7 @@ from imgclass.checkpoint import load_model
 from imgclass.cli import main
 from imgclass.config import TrainConfig, build_config
 from imgclass.data.features import ONNX_FILE
+from imgclass.data.scan import DataError
 from imgclass.evaluation import evaluate
 from imgclass.lrfind import lr_find
 from imgclass.models.backbones import Backbone, TopStages, imagenet_file, load_pretrained
@@ -264,3 +265,15 @@ def test_transfer_is_the_default_recipe_and_seed_one_flag_away(data, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"] == "transfer" and config["cached_features"]
+
+
+def test_a_class_without_images_is_refused_before_any_feature_is_extracted(tmp_path, caplog):
+    """Found when the default became transfer: the empty class was refused at the split, after
+    every image's features (minutes on a large data set)."""
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    (data / "empty").mkdir()
+    (data / "broken").mkdir()
+    (data / "broken" / "x.jpg").write_bytes(b"not an image")  # a file, none usable: caught later
+    with pytest.raises(DataError, match="^class without images: empty; add images"):
+        train(data, tmp_path / "run", cache_dir=tmp_path / "cache", image_size=32)
+    assert "extracting" not in caplog.text and not (tmp_path / "cache").exists()

@@ -75,7 +75,13 @@ def load_data(
     """The decoded data set at the recipe's image size (`load`: pixels, or features), its
     summary logged."""
     dataset = load_dataset(
-        data_dir, config.image_size, cache_dir, config.keep_conflicts, config.max_pixels, load
+        data_dir,
+        config.image_size,
+        cache_dir,
+        config.keep_conflicts,
+        config.max_pixels,
+        load,
+        every_class=True,
     )
     log.info(
         "%s: %d images in %d classes (%s), %d skipped, %d decoded now",

@@ -14,7 +14,13 @@ import numpy as np
 from imgclass.data.cache import DecodedImages, load_images
 from imgclass.data.images import DEFAULT_MAX_PIXELS
 from imgclass.data.labels_file import is_labels_file, scan_labels_file
-from imgclass.data.scan import Manifest, ScanReport, Skipped, scan_folder
+from imgclass.data.scan import (
+    Manifest,
+    ScanReport,
+    Skipped,
+    classes_without_images,
+    scan_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ def load_dataset(
     keep_conflicts: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     load: Loader = load_images,
+    every_class: bool = False,
 ) -> Dataset:
     """data_dir: a class-folder tree (maybe split already), or a .csv file of path,label rows.
 
@@ -57,9 +64,13 @@ def load_dataset(
 
     max_pixels: images with more pixels (width x height) are skipped, never decoded.
     load: what the rows are (default: the decoded pixels).
+    every_class: a class without a file to use is an error before anything is decoded or
+        extracted (training's rule, checked again on what decodes when the data is split).
     """
     manifest = scan_labels_file(data_dir) if is_labels_file(data_dir) else scan_folder(data_dir)
-    return decode_manifest(manifest, image_size, cache_dir, keep_conflicts, max_pixels, load)
+    return decode_manifest(
+        manifest, image_size, cache_dir, keep_conflicts, max_pixels, load, every_class
+    )
 
 
 def decode_manifest(
@@ -69,9 +80,13 @@ def decode_manifest(
     keep_conflicts: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     load: Loader = load_images,
+    every_class: bool = False,
 ) -> Dataset:
     used = manifest if keep_conflicts else manifest.without_conflicts()
     used = used.within(max_pixels)
+    empty = sorted(set(range(len(manifest.classes))) - {item.label for item in used.items})
+    if every_class and empty:
+        raise classes_without_images([manifest.classes[c] for c in empty])
     decoded = load(used, image_size, cache_dir, max_pixels=max_pixels)
     skipped = list(used.skipped)
     for index, reason in decoded.failures.items():

@@ -196,6 +196,14 @@ class DataError(ValueError):
     """A data folder that cannot be used as a whole (names the folder and the reason)."""
 
 
+def classes_without_images(empty: list[str]) -> DataError:
+    """Training's refusal of classes that no image teaches (an output nothing trains)."""
+    return DataError(
+        f"{'class' if len(empty) == 1 else 'classes'} without images: {', '.join(empty)}; add "
+        f"images or remove the folder{'' if len(empty) == 1 else 's'} (imgclass scan lists them)"
+    )
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from imgclass import atomic
 from imgclass.data.dataset import Dataset
-from imgclass.data.scan import DataError
+from imgclass.data.scan import DataError, classes_without_images
 from imgclass.runtime import stream_seed
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,7 @@ def stratified_split(
     if len(present) < 2:
         raise DataError(f"need at least 2 classes with images to train, found {len(present)}")
     if classes is not None and len(present) < len(classes):  # outputs that no image teaches
-        empty = [classes[c] for c in np.flatnonzero(counts == 0)]
-        raise DataError(
-            f"{'class' if len(empty) == 1 else 'classes'} without images: "
-            f"{', '.join(empty)}; add images or remove the folder"
-            f"{'' if len(empty) == 1 else 's'} (imgclass scan lists them)"
-        )
+        raise classes_without_images([classes[c] for c in np.flatnonzero(counts == 0)])
     if present.min() < 2:
         copies = " of different content (copies count once)" if len(first) < len(labels) else ""
         short = [int(c) for c in np.flatnonzero((counts > 0) & (counts < 2))]
