@@ -30,11 +30,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from imgclass import atomic
 from imgclass.models import build_model
-
-WEIGHTS = "model.safetensors"
-METADATA = "model.json"
-CHECKPOINT = "checkpoint.safetensors"
-CHECKPOINT_SUMMARY = "checkpoint.json"
+from imgclass.rundir import CHECKPOINT, CHECKPOINT_SUMMARY, METADATA, WEIGHTS
 
 
 class CheckpointError(ValueError):

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import click
 
-from imgclass.config import DEFAULT_RECIPE, OPTIMIZERS, RECIPES, SCHEDULES
+from imgclass.config import (
+    CLASS_WEIGHTS,
+    DEFAULT_RECIPE,
+    LR_SCALINGS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECIPES,
+    SAMPLERS,
+    SCHEDULES,
+)
 
 log = logging.getLogger("imgclass")
 
@@ -225,7 +234,7 @@ _DATA_DIR = _data_argument()
 @click.option("--lr", type=float, help="Learning rate (per optimiser step, at --lr-batch images).")
 @click.option(
     "--lr-scaling",
-    type=click.Choice(["none", "linear", "sqrt"]),
+    type=click.Choice(LR_SCALINGS),
     help="How the learning rate follows a --batch-size other than --lr-batch: none "
     "(as given), linear (x batch/lr-batch), sqrt  [default: none].",
 )
@@ -271,12 +280,12 @@ _DATA_DIR = _data_argument()
 )
 @click.option(
     "--class-weights",
-    type=click.Choice(["none", "auto"]),
+    type=click.Choice(CLASS_WEIGHTS),
     help="auto: weigh each class in the loss by n / (classes x its count).",
 )
 @click.option(
     "--sampler",
-    type=click.Choice(["shuffle", "balanced"]),
+    type=click.Choice(SAMPLERS),
     help="balanced: draw training images so every class is equally frequent.",
 )
 @click.option(
@@ -319,7 +328,7 @@ _DATA_DIR = _data_argument()
 )
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+    type=click.Choice(PRECISIONS),
     help="auto: bf16 where the hardware computes it natively, fp16 (with loss "
     "scaling) on GPUs without bf16.",
 )

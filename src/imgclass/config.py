@@ -20,8 +20,13 @@ from typing import Any
 from imgclass import atomic
 from imgclass.data.images import DEFAULT_MAX_PIXELS
 
+# the values each option takes: checked here, offered by the CLI
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CLASS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("shuffle", "balanced")
 
 
 @dataclass(frozen=True)
@@ -158,20 +163,20 @@ class TrainConfig:
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
             (self.lr_batch >= 1, f"lr_batch must be >= 1, got {self.lr_batch}"),
             (
-                self.lr_scaling in ("none", "linear", "sqrt"),
+                self.lr_scaling in LR_SCALINGS,
                 f"unknown lr_scaling {self.lr_scaling!r}",
             ),
             (
-                self.precision in ("auto", "bf16", "fp16", "fp32"),
+                self.precision in PRECISIONS,
                 f"unknown precision {self.precision!r}",
             ),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
             (
-                self.class_weights in ("none", "auto"),
+                self.class_weights in CLASS_WEIGHTS,
                 f"class_weights must be none or auto, got {self.class_weights!r}",
             ),
-            (self.sampler in ("shuffle", "balanced"), f"unknown sampler {self.sampler!r}"),
+            (self.sampler in SAMPLERS, f"unknown sampler {self.sampler!r}"),
             (
                 0.0 <= self.augment.random_erasing <= 1.0,
                 f"random_erasing must be in [0, 1], got {self.augment.random_erasing}",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclass import atomic
+from imgclass import atomic, rundir
 from imgclass.checkpoint import load_model
 from imgclass.data.batches import iterate_batches
 from imgclass.data.dataset import Dataset, load_dataset
@@ -127,13 +127,13 @@ def validation_set(
 ) -> tuple[Dataset, np.ndarray]:
     """A run's data loaded again (through the cache) and the indices of its validation split in
     it; files missing or changed since training are left out (logged)."""
-    config = atomic.read_json(run / "config.json")
+    config = atomic.read_json(run / rundir.CONFIG)
     dataset = load_dataset(config["data_dir"], image_size, cache_dir)
     if dataset.classes != classes:
         raise DataError(
             f"{dataset.root}: classes changed since training ({dataset.classes} vs {classes})"
         )
-    split, changed = saved_split(run / "split.json", dataset)
+    split, changed = saved_split(run / rundir.SPLIT, dataset)
     if changed:
         log.warning(
             "%d validation or training files of %s are missing or changed since training: left out",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgclass import atomic, runtime
+from imgclass import atomic, rundir, runtime
 from imgclass.checkpoint import CheckpointError, ModelMeta, load_model, read_meta, weights_digest
 from imgclass.data.scan import file_sha256
 from imgclass.evaluation import Probabilities
@@ -95,7 +95,7 @@ def export_onnx(
             f"{out}: ONNX Runtime differs from PyTorch by {difference:.2g} "
             f"(> {TOLERANCE}); not kept"
         )
-    metrics_file = run / "metrics.json"
+    metrics_file = run / rundir.METRICS
     atomic.write_json(
         metadata_path(out),
         {

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from imgclass import atomic, runtime
+from imgclass import atomic, rundir, runtime
 from imgclass.config import TrainConfig
 from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import iterate_batches
@@ -233,18 +233,18 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
     """The HTML of a run's report and the list of what it lacks (one line per reason)."""
     run_dir = Path(run_dir)
     missing: list[str] = []
-    for needed in ("config.json", "split.json"):
+    for needed in rundir.RUN_MARKERS:
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"{run_dir / needed}: missing (is {run_dir} an imgclass run?)")
-    config = atomic.read_json(run_dir / "config.json")
-    split = atomic.read_json(run_dir / "split.json")
+    config = atomic.read_json(run_dir / rundir.CONFIG)
+    split = atomic.read_json(run_dir / rundir.SPLIT)
     classes = config["classes"]
     train_config = _train_config(config)
     root, gone = data_folder(config)
-    metrics = _read_json(run_dir / "metrics.json", missing, "summary") or {}
+    metrics = _read_json(run_dir / rundir.METRICS, missing, "summary") or {}
     model = _read_json(run_dir / "model.json", missing, "configuration") or {}
-    scan = _read_json(run_dir / "scan.json", missing, "data summary")
-    skipped = None if scan else _read_json(run_dir / "skipped.json", missing, "data summary")
+    scan = _read_json(run_dir / rundir.SCAN, missing, "data summary")
+    skipped = None if scan else _read_json(run_dir / rundir.SKIPPED, missing, "data summary")
 
     curves = run_dir / "curves.png"  # plotted by train from the history
     if not curves.is_file():

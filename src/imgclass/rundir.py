@@ -18,15 +18,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from imgclass import atomic
-from imgclass.checkpoint import CHECKPOINT, WEIGHTS
-from imgclass.data.scan import is_run_dir
 
 log = logging.getLogger(__name__)
 
+# The files of a run directory (docs/architecture.md says what each holds and when it is written)
+CONFIG = "config.json"  # the recipe, options, data folder, classes: written first
+SPLIT = "split.json"  # which file is on which side, with its content hash
+SCAN = "scan.json"  # what the data held and left out
+SKIPPED = "skipped.json"
+HISTORY = "history.csv"  # a row per epoch
+METRICS = "metrics.json"  # written last: a run without it is unfinished (resumable)
+LOG = "train.log"
+WEIGHTS = "model.safetensors"
+METADATA = "model.json"  # classes, input size, normalisation of the weights beside it
+CHECKPOINT = "checkpoint.safetensors"  # the resume checkpoint (deleted when the run finishes)
+CHECKPOINT_SUMMARY = "checkpoint.json"
 LOCK = ".imgclass.lock"
+RUN_MARKERS = (CONFIG, SPLIT)  # what every imgclass run directory holds
 # what a run writes before it describes itself (config.json, split.json): a run that failed that
 # early leaves only these, and the folder may take a run again
-_EARLY = {"train.log", "tensorboard", LOCK}
+_EARLY = {LOG, "tensorboard", LOCK}
+
+
+def is_run_dir(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in RUN_MARKERS)
 
 
 def check_out_folder(out: Path) -> None:

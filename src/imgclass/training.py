@@ -426,7 +426,7 @@ def _history_csv(rows: list[dict]) -> str:
 
 
 def _finished(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
+    metrics = run_dir / rundir.METRICS
     return metrics.is_file() and not atomic.read_json(metrics).get("interrupted", False)
 
 
@@ -471,12 +471,12 @@ def _remove_checkpoints(run_dir: Path) -> int:
 def _clear_stale(run_dir: Path) -> None:
     """A new run into a folder that held one (--overwrite) never resumes or reports it."""
     _remove_checkpoints(run_dir)
-    (run_dir / "metrics.json").unlink(missing_ok=True)
+    (run_dir / rundir.METRICS).unlink(missing_ok=True)
 
 
 def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
     """The TrainConfig and config.json of a run to resume."""
-    config_file = run_dir / "config.json"
+    config_file = run_dir / rundir.CONFIG
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: missing (is {run_dir} an imgclass run?)")
     if _finished(run_dir):
@@ -671,7 +671,7 @@ def _run_log(run_dir: Path, append: bool, write: bool) -> Iterator[None]:
         yield
         return
     handler = logging.FileHandler(
-        run_dir / "train.log", mode="a" if append else "w", encoding="utf-8"
+        run_dir / rundir.LOG, mode="a" if append else "w", encoding="utf-8"
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("imgclass").addHandler(handler)
@@ -684,7 +684,7 @@ def _run_log(run_dir: Path, append: bool, write: bool) -> Iterator[None]:
 
 def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
     """The split in split.json as indices into the data loaded again; DataError if it changed."""
-    split, changed = saved_split(run_dir / "split.json", dataset)
+    split, changed = saved_split(run_dir / rundir.SPLIT, dataset)
     if changed:
         raise DataError(
             f"{dataset.root}: {len(changed)} files of {run_dir / 'split.json'} are "
@@ -713,7 +713,7 @@ def _write_run_description(
     config.json's pretrained_weights: where the backbone's starting weights came from (source,
     file, sha256), None without pretrained weights."""
     atomic.write_json(
-        run_dir / "config.json",
+        run_dir / rundir.CONFIG,
         {
             **config.to_dict(),
             "data_dir": str(data_dir.resolve()),
@@ -723,12 +723,12 @@ def _write_run_description(
         },
     )
     atomic.write_json(
-        run_dir / "split.json", split_json(split, dataset, config.seed, config.val_split)
+        run_dir / rundir.SPLIT, split_json(split, dataset, config.seed, config.val_split)
     )
     atomic.write_json(
-        run_dir / "skipped.json", [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
+        run_dir / rundir.SKIPPED, [{"path": s.path, "reason": s.reason} for s in dataset.skipped]
     )
-    atomic.write_json(run_dir / "scan.json", dataset.report.to_dict())
+    atomic.write_json(run_dir / rundir.SCAN, dataset.report.to_dict())
 
 
 def _train(
@@ -898,7 +898,7 @@ def _save_results(
         ),
     )
     rows = [asdict(h) for h in history]
-    atomic.write_text(run_dir / "history.csv", _history_csv(rows))
+    atomic.write_text(run_dir / rundir.HISTORY, _history_csv(rows))
     columns = {k: [row[k] for row in rows] for k in rows[0]}
     plot_curves(columns["epoch"], columns, restored, run_dir / "curves.png")
 
@@ -953,7 +953,7 @@ def _save_results(
     ValPredictions(
         dataset.classes, [dataset.paths[i] for i in split.val], val_labels, probabilities
     ).write(run_dir)
-    atomic.write_json(run_dir / "metrics.json", metrics)
+    atomic.write_json(run_dir / rundir.METRICS, metrics)
     log.info(
         "best validation accuracy %.4f at epoch %d; restored epoch %d (val acc %.4f, "
         "macro-F1 %.4f); final training accuracy %.4f at epoch %d; lowest validation "

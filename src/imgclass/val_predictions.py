@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass import atomic
+from imgclass import atomic, rundir
 from imgclass.data.labels_file import data_root
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def predict_validation(run_dir: Path) -> ValPredictions:
     from imgclass.evaluation import predict_proba, validation_set
     from imgclass.runtime import Device
 
-    config = atomic.read_json(run_dir / "config.json")
+    config = atomic.read_json(run_dir / rundir.CONFIG)
     _, gone = data_folder(config)
     if gone:
         raise FileNotFoundError(gone)

@@ -27,6 +27,7 @@ import numpy as np
 
 from imgclass.data.images import REASON_NOT_A_FILE, header_size, too_many_pixels
 from imgclass.data.ingest import is_os_junk
+from imgclass.rundir import is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ REASON_LINK_BROKEN = "broken symbolic link"
 REASON_LINK_LOOP = "symbolic link loop"
 REASON_NAME_CLASH = "name clashes with another file's once its non-UTF-8 bytes are written \\xNN"
 REASON_RUN_DIR = "an imgclass run directory, not photos"
-RUN_MARKERS = ("config.json", "split.json")  # what every imgclass run directory holds
 REASON_CONFLICT = "label conflict: same content also in class"
 # a data root of these folders (train and a validation one at least), each of class folders, is
 # split already (the layout of Keras, timm and Ultralytics): side -> the folder names it takes
@@ -413,10 +413,6 @@ class _Scan:
                         child, label, hashlib.sha256(content).hexdigest(), header_size(content)
                     )
                 )
-
-
-def is_run_dir(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in RUN_MARKERS)
 
 
 def _join(rel: str, name: str) -> str:
