@@ -296,9 +296,9 @@ def build_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     from imgclass.models import MODELS, check_model_options, default_image_size
 
     config = load_recipe(recipe or DEFAULT_RECIPE).replace(**overrides)
-    size = default_image_size(config.model)
-    if "model" in overrides and "image_size" not in overrides and size is not None:
-        config = config.replace(image_size=size)
+    if "model" in overrides and "image_size" not in overrides:
+        size = default_image_size(config.model)
+        config = config if size is None else config.replace(image_size=size)
     config.validate()
     if config.model in MODELS and config.pretrained and "pretrained" not in overrides:
         raise ValueError(

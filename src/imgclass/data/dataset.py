@@ -84,9 +84,8 @@ def decode_manifest(
 ) -> Dataset:
     used = manifest if keep_conflicts else manifest.without_conflicts()
     used = used.within(max_pixels)
-    empty = sorted(set(range(len(manifest.classes))) - {item.label for item in used.items})
-    if every_class and empty:
-        raise classes_without_images([manifest.classes[c] for c in empty])
+    if every_class and (empty := set(range(len(manifest.classes))) - {i.label for i in used.items}):
+        raise classes_without_images([manifest.classes[c] for c in sorted(empty)])
     decoded = load(used, image_size, cache_dir, max_pixels=max_pixels)
     skipped = list(used.skipped)
     for index, reason in decoded.failures.items():

@@ -114,6 +114,11 @@ def _display_name(source: str | os.PathLike | bytes, path_for_errors: str | None
     return os.fspath(source)
 
 
+def unreadable(err: OSError) -> str:
+    """The skip reason of a file the OS would not read, in the OS's words."""
+    return f"{REASON_UNREADABLE} ({err.strerror or err})"
+
+
 def too_many_pixels(width: int, height: int, max_pixels: int) -> str:
     """The skip reason of an image over the pixel limit."""
     return f"{REASON_TOO_MANY_PIXELS} ({width} x {height} > {max_pixels})"
@@ -138,7 +143,7 @@ def _open_regular(path: str | os.PathLike, name: str) -> io.BufferedIOBase:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise ImageDecodeError(name, f"{REASON_UNREADABLE} ({e.strerror or e})") from e
+        raise ImageDecodeError(name, unreadable(e)) from e
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise ImageDecodeError(name, REASON_NOT_A_FILE)

@@ -10,11 +10,10 @@ The first row is a header when its cells name the columns (`path`/`file_name`/`i
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
-from imgclass.data.images import header_size
+from imgclass.data.images import unreadable
 from imgclass.data.scan import (
     REASON_LINK_OUTSIDE,
     DataError,
@@ -55,6 +54,7 @@ def scan_labels_file(labels_file: str | os.PathLike) -> Manifest:
     root = labels_file.parent
     root_real = Path(os.path.realpath(root))
     listed: dict[str, tuple[int, str]] = {}  # path -> (row number, label) of its first row
+    conflicts: set[str] = set()  # paths listed under two labels: every row of them left out
     skipped: list[Skipped] = []
     for number, row in enumerate(rows[first:], start=first + 1):
         if not any(cell.strip() for cell in row):
@@ -71,16 +71,15 @@ def scan_labels_file(labels_file: str | os.PathLike) -> Manifest:
         reason = _unusable(path, label, root, root_real)
         if reason is None and path in listed:
             before, label_before = listed[path]
-            reason = (
-                f"listed again (row {before})"
-                if label == label_before
-                else f"label conflict: {label_before!r} in row {before}, {label!r} here"
-            )
+            if label == label_before:
+                reason = f"listed again (row {before})"
+            else:
+                conflicts.add(path)
+                reason = f"label conflict: {label_before!r} in row {before}, {label!r} here"
         if reason is not None:
             skipped.append(Skipped(path or f"{labels_file.name}:{number}", f"{where}: {reason}"))
         else:
             listed[path] = (number, label)
-    conflicts = {s.path for s in skipped if "label conflict" in s.reason}
     skipped += [
         Skipped(
             path,
@@ -95,26 +94,13 @@ def scan_labels_file(labels_file: str | os.PathLike) -> Manifest:
             f"{name}: no rows (expected path,label rows, paths relative to {text_name(str(root))})"
         )
     classes = sorted({label for _, label in kept.values()})
+    index = {name: i for i, name in enumerate(classes)}
     items: list[ManifestItem] = []
     for path, (number, label) in kept.items():
         try:
-            content = (root / path).read_bytes()
+            items.append(ManifestItem.read(root / path, path, index[label]))
         except OSError as err:
-            skipped.append(
-                Skipped(
-                    path,
-                    f"row {number} of {labels_file.name}: cannot read file ({err.strerror or err})",
-                )
-            )
-            continue
-        items.append(
-            ManifestItem(
-                path,
-                classes.index(label),
-                hashlib.sha256(content).hexdigest(),
-                header_size(content),
-            )
-        )
+            skipped.append(Skipped(path, f"row {number} of {labels_file.name}: {unreadable(err)}"))
     if not classes:
         raise DataError(
             f"{name}: no usable row ({len(skipped)} skipped; the first: "

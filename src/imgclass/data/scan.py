@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.data.images import REASON_NOT_A_FILE, header_size, too_many_pixels
+from imgclass.data.images import REASON_NOT_A_FILE, header_size, too_many_pixels, unreadable
 from imgclass.data.ingest import is_os_junk
 from imgclass.rundir import is_run_dir
 
@@ -51,6 +51,13 @@ class ManifestItem:
     label: int  # index into Manifest.classes
     sha256: str  # of the file's bytes: the cache key, and what finds duplicates
     size: tuple[int, int] | None = None  # (width, height) from its header (None: none read)
+
+    @classmethod
+    def read(cls, file: Path, path: str, label: int) -> ManifestItem:
+        """The item of `file` (known as `path`): its bytes hashed, its header's size; OSError
+        when the file cannot be read."""
+        content = file.read_bytes()
+        return cls(path, label, hashlib.sha256(content).hexdigest(), header_size(content))
 
 
 @dataclass(frozen=True)
@@ -362,9 +369,7 @@ class _Scan:
         except OSError as err:
             self.skip(
                 rel,
-                REASON_LINK_LOOP
-                if err.errno == errno.ELOOP
-                else f"cannot read file ({err.strerror or err})",
+                REASON_LINK_LOOP if err.errno == errno.ELOOP else unreadable(err),
             )
             return None
         if real != self.root_real and not real.is_relative_to(self.root_real):
@@ -402,17 +407,13 @@ class _Scan:
                 self.skip(child, REASON_NOT_A_FILE)
             else:
                 try:
-                    content = Path(entry.path).read_bytes()
+                    item = ManifestItem.read(Path(entry.path), child, label)
                 except OSError as err:
-                    self.skip(child, f"cannot read file ({err.strerror or err})")
+                    self.skip(child, unreadable(err))
                     continue
                 if child != disk_child:
                     self.disk_paths[child] = disk_child
-                self.items.append(
-                    ManifestItem(
-                        child, label, hashlib.sha256(content).hexdigest(), header_size(content)
-                    )
-                )
+                self.items.append(item)
 
 
 def _join(rel: str, name: str) -> str:

@@ -18,9 +18,10 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from importlib.metadata import version
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -214,11 +215,31 @@ def create_app(
         finally:
             await form.close()
 
+    async def decoded(name: str, data: bytes) -> np.ndarray:
+        """One upload -> the model's pixels, decoded in a worker thread (ImageDecodeError)."""
+        return await anyio.to_thread.run_sync(predictor.load_pixels, data, name, limiter=decoders)
+
+    async def each(work: Callable[[Any], Awaitable[Any]], items: list) -> list:
+        """`await work(item)` for every item at once (decoding in threads, the model calls
+        batched across them); the first failure in item order is raised once all have ended."""
+        results: list = [None] * len(items)
+
+        async def one(index: int, item: Any) -> None:
+            try:
+                results[index] = await work(item)
+            except Exception as err:  # raised below, the first in item order
+                results[index] = err
+
+        async with anyio.create_task_group() as group:
+            for index, item in enumerate(items):
+                group.start_soon(one, index, item)
+        if failed := next((r for r in results if isinstance(r, Exception)), None):
+            raise failed
+        return results
+
     async def classify(name: str, data: bytes, k: int) -> ImagePrediction:
         try:
-            pixels = await anyio.to_thread.run_sync(
-                predictor.load_pixels, data, name, limiter=decoders
-            )
+            pixels = await decoded(name, data)
         except ImageDecodeError as err:
             raise HTTPException(_status(err), str(err)) from err
         labels, probabilities = predictor.top(await batcher(pixels), k)
@@ -244,22 +265,8 @@ def create_app(
     ) -> Predictions:
         """Top-k labels of one or several images: multipart field 'file' / 'files', or the body."""
         k = top_k or default_top_k
-        images = await uploads(request)
-        results: list[ImagePrediction | HTTPException | None] = [None] * len(images)
-
-        async def one(index: int, name: str, data: bytes) -> None:
-            try:
-                results[index] = await classify(name, data, k)
-            except HTTPException as err:
-                results[index] = err
-
-        async with anyio.create_task_group() as group:
-            for index, (name, data) in enumerate(images):
-                group.start_soon(one, index, name, data)
-        for result in results:  # the first bad image (in upload order) answers for them all
-            if isinstance(result, HTTPException):
-                raise result
-        return Predictions(predictions=results)  # type: ignore[arg-type]
+        images = await uploads(request)  # the first bad image (in upload order) answers for all
+        return Predictions(predictions=await each(lambda image: classify(*image, k), images))
 
     @app.get("/health")
     async def health() -> dict:
@@ -350,24 +357,19 @@ def create_app(
                 raise V2Error(400, f"input {tensor.name!r}: UINT8 data must lie in 0..255")
             return list(pixels.astype(np.uint8).reshape(tensor.shape))
         if tensor.datatype == "BYTES":
-            images = []
+            encoded = []
             for i, item in enumerate(flat.tolist()):
                 where = f"{tensor.name}[{i}]"
                 try:
-                    data = base64.b64decode(item, validate=True)
+                    encoded.append((where, base64.b64decode(item, validate=True)))
                 except (TypeError, ValueError, binascii.Error) as err:
                     raise V2Error(
                         400, f"input {where}: not a base64 string of an encoded image"
                     ) from err
-                try:
-                    images.append(
-                        await anyio.to_thread.run_sync(
-                            predictor.load_pixels, data, where, limiter=decoders
-                        )
-                    )
-                except ImageDecodeError as err:
-                    raise V2Error(_status(err), str(err)) from err
-            return images
+            try:
+                return await each(lambda image: decoded(*image), encoded)
+            except ImageDecodeError as err:
+                raise V2Error(_status(err), str(err)) from err
         raise V2Error(
             400,
             f"input {tensor.name!r}: datatype {tensor.datatype} not served: "
@@ -395,14 +397,7 @@ def create_app(
         if unknown := [o for o in wanted if o not in outputs]:
             raise V2Error(400, f"no output {unknown[0]!r}: choose {', '.join(outputs)}")
         images = await v2_images(call.inputs[0])
-        rows: list[np.ndarray] = [np.empty(0)] * len(images)
-
-        async def one(index: int) -> None:
-            rows[index] = await batcher(images[index])
-
-        async with anyio.create_task_group() as group:
-            for index in range(len(images)):
-                group.start_soon(one, index)
+        rows = await each(batcher, images)
         probabilities = np.array(rows, dtype=np.float32).reshape(len(images), -1)
         best = probabilities.argmax(axis=1) if len(images) else np.zeros(0, dtype=np.int64)
         data = {
