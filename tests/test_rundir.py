@@ -125,9 +125,8 @@ def test_a_write_killed_half_done_is_removed_when_the_run_goes_on(tmp_path, monk
 
 def test_overwrite_clears_every_stage_checkpoint_of_the_old_run(tmp_path):
     """A new run into an old one's folder (--overwrite) never resumes the old fine-tuning
-    stage: _clear_stale removes the same checkpoint files a finished run does."""
-    from imgclass.checkpoint import CHECKPOINT, CHECKPOINT_SUMMARY
-    from imgclass.training import FINETUNE, _clear_stale
+    stage: clear_stale removes the same checkpoint files a finished run does."""
+    from imgclass.rundir import CHECKPOINT, CHECKPOINT_SUMMARY, FINETUNE, clear_stale
 
     old = tmp_path / "run"
     (old / FINETUNE).mkdir(parents=True)
@@ -136,5 +135,5 @@ def test_overwrite_clears_every_stage_checkpoint_of_the_old_run(tmp_path):
             (folder / name).write_bytes(b"old")
     (old / "metrics.json").write_text("{}")
     (old / "config.json").write_text("{}")
-    _clear_stale(old)
+    clear_stale(old)
     assert sorted(p.name for p in old.iterdir()) == ["config.json"]

@@ -353,7 +353,7 @@ _DATA_DIR = _data_argument()
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Continue the run in this folder from its last completed epoch, with its own "
     "recipe, options and data (give no other option but --cache-dir, "
-    "--no-export and --keep-checkpoint).",
+    "--no-export, --no-report and --keep-checkpoint).",
 )
 @click.option(
     "--keep-checkpoint",
@@ -368,6 +368,12 @@ _DATA_DIR = _data_argument()
     help="Write RUN/model.onnx at the end: predict and serve run it in ONNX Runtime "
     "on CPUs without native bf16 (about 2x faster there).",
 )
+@click.option(
+    "--report/--no-report",
+    default=True,
+    show_default=True,
+    help="Write RUN/report.html at the end (`imgclass report RUN` writes it later).",
+)
 def train(
     data_dir: Path | None,
     out: Path | None,
@@ -376,6 +382,7 @@ def train(
     overwrite: bool,
     resume: Path | None,
     export: bool,
+    report: bool,
     keep_checkpoint: bool,
     **overrides,
 ) -> None:
@@ -400,6 +407,7 @@ def train(
             overwrite=overwrite,
             resume=resume,
             export=export,
+            report=report,
             keep_checkpoint=keep_checkpoint,
             **_given(overrides),
         )

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import math
@@ -37,8 +38,6 @@ from tqdm.auto import tqdm
 from imgclass import atomic, distributed, rundir, runtime
 from imgclass.checkpoint import (
     CHECKPOINT,
-    CHECKPOINT_SUMMARY,
-    WEIGHTS,
     CheckpointError,
     ModelMeta,
     TrainingState,
@@ -47,6 +46,7 @@ from imgclass.checkpoint import (
     save_model,
 )
 from imgclass.config import TrainConfig, build_config
+from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import Batch, epoch_order, iterate_batches, prefetch
 from imgclass.data.builtin import digits_folder
 from imgclass.data.dataset import Dataset
@@ -80,8 +80,6 @@ from imgclass.training_setup import (
 from imgclass.val_predictions import ValPredictions
 
 log = logging.getLogger(__name__)
-
-FINETUNE = "finetune"  # in a run directory: the fine-tuning stage's checkpoint (transfer)
 
 
 @dataclass
@@ -228,6 +226,201 @@ def _set_frozen(model: nn.Module, config: TrainConfig, epoch: int) -> None:
         log.info("epoch %d: backbone unfrozen, training all layers", epoch)
 
 
+@dataclass
+class _Loop:
+    """What fit() trains with, built once: the model (DDP-wrapped under torchrun), optimiser,
+    schedule, loss, random streams, augmentation, early stopping and the data."""
+
+    model: nn.Module
+    trained: nn.Module  # `model` as the training pass calls it (DDP's wrapper under torchrun)
+    optimizer: torch.optim.Optimizer
+    schedule: LRScheduler | None
+    loss_fn: nn.Module
+    streams: dict[str, torch.Generator]
+    scaler: torch.amp.GradScaler
+    augment: TrainAugment | None
+    stopper: EarlyStopping
+    train_data: Tensors
+    val_data: Tensors
+    config: TrainConfig
+    device: Device
+    num_classes: int
+    ranks: Context
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        train_data: Tensors,
+        val_data: Tensors,
+        config: TrainConfig,
+        device: Device,
+        num_classes: int,
+        ranks: Context,
+    ) -> _Loop:
+        steps_per_epoch = len(
+            distributed.batch_bounds(len(train_data.labels), config.batch_size, ranks.world_size)
+        )
+        optimizer = build_optimizer(model, config)
+        # one epoch order for all ranks; augmentation draws of their own
+        streams = {
+            "shuffle": runtime.generator(config.seed, "shuffle"),
+            "augment": runtime.generator(config.seed, ranks.stream("augment")),
+        }
+        return cls(
+            model,
+            ranks.wrap(model, device.torch_device),
+            optimizer,
+            build_schedule(optimizer, config, steps_per_epoch),
+            training_loss(config, train_data.labels, num_classes, device),
+            streams,
+            device.grad_scaler(),
+            augmentation(config, streams["augment"], num_classes, train_data),
+            EarlyStopping(config.patience),
+            train_data,
+            val_data,
+            config,
+            device,
+            num_classes,
+            ranks,
+        )
+
+    def epoch(self, epoch: int, progress: bool) -> EpochStats:
+        """One epoch: a training pass in this epoch's order, then validation (on rank 0; every
+        rank gets its numbers, so that all stop early together)."""
+        config, ranks, train_data = self.config, self.ranks, self.train_data
+        _set_frozen(self.model, config, epoch)
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        order = epoch_order(
+            train_data.labels.cpu(), self.streams["shuffle"], balanced=config.sampler == "balanced"
+        )
+        batches = prefetch(
+            iterate_batches(
+                train_data.pixels,
+                train_data.labels,
+                config.batch_size,
+                order=order,
+                augment=self.augment,
+                shard=ranks.batches,
+            )
+        )
+        bar = tqdm(
+            total=len(order) // ranks.world_size,
+            unit="img",
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            disable=None if progress and ranks.is_main else True,
+        )
+        try:
+            train_loss, train_acc, waited = train_one_epoch(
+                self.trained,
+                batches,
+                self.optimizer,
+                self.schedule,
+                self.loss_fn,
+                self.device,
+                bar,
+                self.scaler,
+                ranks,
+            )
+        finally:
+            batches.close()  # the producer thread stops drawing from the streams
+        train_seconds = time.perf_counter() - start
+        val_loss, val_acc, val_f1 = ranks.from_main(
+            validate(
+                self.model,
+                self.val_data,
+                self.device,
+                self.num_classes,
+                config.batch_size,
+                config.tta_flip,
+            )
+            if ranks.is_main
+            else (0, 0, 0)
+        )
+        return EpochStats(
+            epoch,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            val_f1,
+            time.perf_counter() - start,
+            len(train_data.labels) / train_seconds,
+            waited,
+            lr,
+        )
+
+    def capture(self, history: list[EpochStats], stop: bool, copy_tensors: bool) -> TrainingState:
+        """The state after the last epoch of `history` (every rank's random streams in it)."""
+        stopper = self.stopper
+        state = TrainingState.capture(
+            [asdict(h) for h in history],
+            stop,
+            self.model,
+            self.optimizer,
+            self.schedule,
+            self.streams,
+            (stopper.best_loss, stopper.best_epoch, stopper.best_state),
+            self.config.to_dict(),
+            copy_tensors=copy_tensors,
+        )
+        state.rng = self.ranks.gather_rng(state.rng)
+        return state
+
+    def restore(self, state: TrainingState) -> list[EpochStats]:
+        """Back to the end of a completed epoch; returns the history up to it."""
+        state.rng = self.ranks.own_rng(state.rng)
+        state.apply(self.model, self.optimizer, self.schedule, self.streams)
+        stopper = self.stopper
+        stopper.best_loss, stopper.best_epoch = state.best_loss, state.best_epoch
+        stopper.best_state = state.best_model
+        return [EpochStats(**h) for h in state.history]
+
+
+class _LastEpoch:
+    """The state of the last completed epoch, for resume and Ctrl-C: in a checkpoint folder
+    (rank 0 writes it, read back only on Ctrl-C), or without one in memory (4x the model's size
+    is then held)."""
+
+    def __init__(self, folder: Path | None, ranks: Context, resumed: TrainingState | None):
+        self.folder, self.ranks = folder, ranks
+        self.state = resumed if folder is None else None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.folder is None
+
+    def keep(self, state: TrainingState) -> None:
+        if self.folder is None:
+            self.state = state
+        elif self.ranks.is_main:
+            save_checkpoint(self.folder, state)
+
+    def state_after(self, completed: int) -> TrainingState | None:
+        """The state to go back to after `completed` epochs (None when there is none)."""
+        if self.folder is None or not completed:
+            return self.state
+        return load_checkpoint(self.folder)
+
+
+def _log_epoch(stats: EpochStats, epochs: int) -> None:
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f "
+        "macro-F1 %.4f  %.1f s  %.0f img/s",
+        stats.epoch,
+        epochs,
+        stats.train_loss,
+        stats.train_acc,
+        stats.val_loss,
+        stats.val_acc,
+        stats.val_macro_f1,
+        stats.seconds,
+        stats.images_per_s,
+    )
+
+
 def fit(
     model: nn.Module,
     train_data: Tensors,
@@ -253,121 +446,20 @@ def fit(
     """
     if config.freeze_epochs and ranks.world_size > 1:  # DDP fixes the trained set at wrapping
         raise ValueError("--freeze-epochs does not work under torchrun yet: train in one process")
-    steps_per_epoch = len(
-        distributed.batch_bounds(len(train_data.labels), config.batch_size, ranks.world_size)
-    )
-    optimizer = build_optimizer(model, config)
-    schedule = build_schedule(optimizer, config, steps_per_epoch)
-    loss_fn = training_loss(config, train_data.labels, num_classes, device)
-    # one epoch order for all ranks; augmentation draws of their own
-    streams = {
-        "shuffle": runtime.generator(config.seed, "shuffle"),
-        "augment": runtime.generator(config.seed, ranks.stream("augment")),
-    }
-    scaler = device.grad_scaler()
-    trained = ranks.wrap(model, device.torch_device)
-    augment = augmentation(config, streams["augment"], num_classes, train_data)
-    stopper = EarlyStopping(config.patience)
-
-    def restore(state: TrainingState) -> list[EpochStats]:
-        state.rng = ranks.own_rng(state.rng)
-        state.apply(model, optimizer, schedule, streams)
-        stopper.best_loss, stopper.best_epoch = state.best_loss, state.best_epoch
-        stopper.best_state = state.best_model
-        return [EpochStats(**h) for h in state.history]
-
+    loop = _Loop.build(model, train_data, val_data, config, device, num_classes, ranks)
+    last = _LastEpoch(checkpoint_dir, ranks, resume)
     history: list[EpochStats] = []
-    # The state of the last completed epoch, for Ctrl-C: kept in memory only without a
-    # checkpoint folder (else it is read back from there: 4x the model's size is not held).
-    stop, completed, interrupted = False, None, False
+    stop = interrupted = False
     if resume is not None:
-        history, stop = restore(resume), resume.stop
-        completed = None if checkpoint_dir is not None else resume
+        history, stop = loop.restore(resume), resume.stop
         log.info("resuming after epoch %d of %d", resume.epoch, config.epochs)
     try:
         while not stop and len(history) < config.epochs:
-            epoch = len(history) + 1
-            _set_frozen(model, config, epoch)
-            start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            order = epoch_order(
-                train_data.labels.cpu(), streams["shuffle"], balanced=config.sampler == "balanced"
-            )
-            batches = prefetch(
-                iterate_batches(
-                    train_data.pixels,
-                    train_data.labels,
-                    config.batch_size,
-                    order=order,
-                    augment=augment,
-                    shard=ranks.batches,
-                )
-            )
-            bar = tqdm(
-                total=len(order) // ranks.world_size,
-                unit="img",
-                desc=f"epoch {epoch}/{config.epochs}",
-                leave=False,
-                disable=None if progress and ranks.is_main else True,
-            )
-            try:
-                train_loss, train_acc, waited = train_one_epoch(
-                    trained, batches, optimizer, schedule, loss_fn, device, bar, scaler, ranks
-                )
-            finally:
-                batches.close()  # the producer thread stops drawing from the streams
-            train_seconds = time.perf_counter() - start
-            # rank 0 validates; every rank stops early on the same numbers
-            val_loss, val_acc, val_f1 = ranks.from_main(
-                validate(model, val_data, device, num_classes, config.batch_size, config.tta_flip)
-                if ranks.is_main
-                else (0, 0, 0)
-            )
-            stats = EpochStats(
-                epoch,
-                train_loss,
-                train_acc,
-                val_loss,
-                val_acc,
-                val_f1,
-                time.perf_counter() - start,
-                len(train_data.labels) / train_seconds,
-                waited,
-                lr,
-            )
+            stats = loop.epoch(len(history) + 1, progress)
             history.append(stats)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f "
-                "macro-F1 %.4f  %.1f s  %.0f img/s",
-                epoch,
-                config.epochs,
-                train_loss,
-                train_acc,
-                val_loss,
-                val_acc,
-                val_f1,
-                stats.seconds,
-                stats.images_per_s,
-            )
-            stop = stopper.should_stop(epoch, val_loss, model)
-            state = TrainingState.capture(
-                [asdict(h) for h in history],
-                stop,
-                model,
-                optimizer,
-                schedule,
-                streams,
-                (stopper.best_loss, stopper.best_epoch, stopper.best_state),
-                config.to_dict(),
-                copy_tensors=checkpoint_dir is None,
-            )
-            state.rng = ranks.gather_rng(state.rng)
-            if checkpoint_dir is not None:
-                if ranks.is_main:
-                    save_checkpoint(checkpoint_dir, state)
-            else:
-                completed = state
-            del state
+            _log_epoch(stats, config.epochs)
+            stop = loop.stopper.should_stop(stats.epoch, stats.val_loss, model)
+            last.keep(loop.capture(history, stop, copy_tensors=last.in_memory))
             if on_epoch is not None:
                 on_epoch(stats)
             if stop:
@@ -376,23 +468,21 @@ def fit(
                     config.patience,
                 )
     except KeyboardInterrupt:
-        if completed is None and checkpoint_dir is not None and history:
-            completed = load_checkpoint(checkpoint_dir)
+        completed = last.state_after(len(history))
         if completed is None:
             raise
-        history = restore(completed)
-        interrupted = True
+        history, interrupted = loop.restore(completed), True
         log.warning(
             "interrupted: epoch %d abandoned, the run ends with epoch %d",
             completed.epoch + 1,
             completed.epoch,
         )
-    kept = stopper.restore(model, history[-1].epoch)
+    kept = loop.stopper.restore(model, history[-1].epoch)
     if kept != history[-1].epoch:
         log.info(
             "restored the weights of epoch %d (lowest validation loss %.4f)",
             kept,
-            stopper.best_loss,
+            loop.stopper.best_loss,
         )
     return FitResult(history, kept, interrupted)
 
@@ -425,70 +515,21 @@ def _history_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _finished(run_dir: Path) -> bool:
-    metrics = run_dir / rundir.METRICS
-    return metrics.is_file() and not atomic.read_json(metrics).get("interrupted", False)
-
-
 def _run_dir(out: str | os.PathLike | None, data_dir: Path, recipe: str, overwrite: bool) -> Path:
+    """--out, or runs/DATA-RECIPE-TIME, made ready for a new run (rundir.new_run)."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{data_dir.resolve().name}-{recipe}-{stamp}"
-    out = Path(out)
-    data = data_dir.resolve()
-    if out.resolve() == data or out.resolve().is_relative_to(data):
-        raise ValueError(
-            f"--out {out} is inside the data folder {data_dir}: the run's files "
-            "would be read as photos; choose a folder outside it"
-        )
-    rundir.check_out_folder(out)
-    if not overwrite and ((out / WEIGHTS).exists() or (out / CHECKPOINT).exists()):
-        if _finished(out):
-            raise FileExistsError(f"{out}: holds a finished run; choose another --out or overwrite")
-        raise FileExistsError(
-            f"{out}: holds an unfinished run; continue it with --resume "
-            f"{out}, or choose another --out or overwrite"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _remove_checkpoints(run_dir: Path) -> int:
-    """Remove a run's resume checkpoints (its fine-tuning stage's too); returns their bytes."""
-    files = [
-        folder / name
-        for folder in (run_dir, run_dir / FINETUNE)
-        for name in (CHECKPOINT, CHECKPOINT_SUMMARY)
-    ]
-    freed = sum(path.stat().st_size for path in files if path.is_file())
-    for path in files:
-        path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # removed when empty
-        (run_dir / FINETUNE).rmdir()
-    return freed
-
-
-def _clear_stale(run_dir: Path) -> None:
-    """A new run into a folder that held one (--overwrite) never resumes or reports it."""
-    _remove_checkpoints(run_dir)
-    (run_dir / rundir.METRICS).unlink(missing_ok=True)
+    return rundir.new_run(Path(out), data_dir, overwrite)
 
 
 def _stored_run(run_dir: Path) -> tuple[TrainConfig, dict]:
     """The TrainConfig and config.json of a run to resume."""
-    config_file = run_dir / rundir.CONFIG
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file}: missing (is {run_dir} an imgclass run?)")
-    if _finished(run_dir):
-        raise FileExistsError(f"{run_dir}: finished already (metrics.json); nothing to resume")
-    try:
-        stored = atomic.read_json(config_file)
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = TrainConfig.from_dict({k: v for k, v in stored.items() if k in fields})
-        stored["data_dir"], stored["classes"]  # noqa: B018 - present, or the file is not a run's
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{config_file}: unreadable ({type(err).__name__}: {err})") from err
-    return config, stored
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return rundir.stored_config(
+        run_dir,
+        lambda stored: TrainConfig.from_dict({k: v for k, v in stored.items() if k in fields}),
+    )
 
 
 def _environment(device: Device, ranks: Context) -> dict:
@@ -570,6 +611,15 @@ def _ctrl_c(defer: bool) -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """What a finished run writes besides its model and metrics (train()'s switches)."""
+
+    export: bool = True  # RUN/model.onnx
+    report: bool = True  # RUN/report.html
+    keep_checkpoint: bool = False  # the resume checkpoint stays
+
+
 def train(
     data_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -580,6 +630,7 @@ def train(
     overwrite: bool = False,
     resume: str | os.PathLike | None = None,
     export: bool = True,
+    report: bool = True,
     keep_checkpoint: bool = False,
     **overrides,
 ) -> TrainResult:
@@ -591,10 +642,11 @@ def train(
         a terminal's line, none in a log file; False: none.
     overrides: any TrainConfig field (image_size, epochs, batch_size, lr, val_split, seed, ...).
     resume: a run folder to continue from its last completed epoch, with the recipe, overrides
-        and data stored in it; any other argument but cache_dir, progress, export and
+        and data stored in it; any other argument but cache_dir, progress, export, report and
         keep_checkpoint is then an error.
     export: write the model as RUN/model.onnx at the end too (ONNX Runtime: the engine that
         `Predictor` picks on CPUs without native bf16); a failed export is a warning.
+    report: write RUN/report.html at the end too (`imgclass report` writes it later).
     keep_checkpoint: keep the resume checkpoint (model, optimiser state: 100+ MB for the seed
         CNN) once the run has finished; by default it goes with the need for it.
     Under torchrun every process calls this; rank 0 writes the run directory, the others return
@@ -602,24 +654,14 @@ def train(
     """
     ranks = Context.from_env()
     runtime.configure(ranks.threads())
+    outputs = _Outputs(export, report, keep_checkpoint)
     stored = None
     if resume is not None:
-        given = [
-            name
-            for name, value in (
-                ("data_dir", data_dir),
-                ("out", out),
-                ("recipe", recipe),
-                ("overwrite", overwrite or None),
-                *overrides.items(),
-            )
-            if value is not None
-        ]
-        if given:
-            raise ValueError(
-                f"resume continues {resume} with the recipe, options and data "
-                f"stored in it: leave out {', '.join(given)}"
-            )
+        _check_resume_alone(
+            resume,
+            {"data_dir": data_dir, "out": out, "recipe": recipe, "overwrite": overwrite or None}
+            | overrides,
+        )
         run_dir = Path(resume)
         config, stored = _stored_run(run_dir)
         data_dir = Path(stored["data_dir"])
@@ -645,23 +687,24 @@ def train(
         # one process trains into a folder at a time (rank 0 for all under torchrun)
         with rundir.locked(run_dir) if ranks.is_main else contextlib.nullcontext():
             if stored is None and ranks.is_main:
-                _clear_stale(run_dir)
+                rundir.clear_stale(run_dir)
             with _run_log(run_dir, append=stored is not None, write=ranks.is_main):
                 return _train(
-                    data_dir,
-                    run_dir,
-                    config,
-                    cache_dir,
-                    progress,
-                    stored,
-                    device,
-                    ranks,
-                    export,
-                    keep_checkpoint,
+                    data_dir, run_dir, config, cache_dir, progress, stored, device, ranks, outputs
                 )
     finally:
         package_log.setLevel(level)
         ranks.stop()
+
+
+def _check_resume_alone(resume: str | os.PathLike, arguments: dict) -> None:
+    """ValueError naming the arguments given beside resume: a resumed run keeps its own."""
+    given = [name for name, value in arguments.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"resume continues {resume} with the recipe, options and data "
+            f"stored in it: leave out {', '.join(given)}"
+        )
 
 
 @contextlib.contextmanager
@@ -682,12 +725,18 @@ def _run_log(run_dir: Path, append: bool, write: bool) -> Iterator[None]:
         handler.close()
 
 
-def _saved_split(run_dir: Path, dataset: Dataset) -> Split:
-    """The split in split.json as indices into the data loaded again; DataError if it changed."""
+def _saved_split(run_dir: Path, classes: list[str], dataset: Dataset) -> Split:
+    """The split of the run to resume as indices into the data loaded again; DataError if the
+    classes or any of its files changed."""
+    if dataset.classes != classes:
+        raise DataError(
+            f"{dataset.root}: classes changed since the run started "
+            f"({', '.join(classes)} -> {', '.join(dataset.classes)})"
+        )
     split, changed = saved_split(run_dir / rundir.SPLIT, dataset)
     if changed:
         raise DataError(
-            f"{dataset.root}: {len(changed)} files of {run_dir / 'split.json'} are "
+            f"{dataset.root}: {len(changed)} files of {run_dir / rundir.SPLIT} are "
             f"missing or changed ({', '.join(changed[:3])}"
             f"{', ...' if len(changed) > 3 else ''}); resuming needs the data the "
             "run started with"
@@ -740,30 +789,19 @@ def _train(
     stored: dict | None,
     device: Device,
     ranks: Context,
-    export: bool,
-    keep_checkpoint: bool,
+    outputs: _Outputs,
 ) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
-
-    def resumed_split(dataset: Dataset) -> Split:
-        if dataset.classes != stored["classes"]:
-            raise DataError(
-                f"{dataset.root}: classes changed since the run started "
-                f"({', '.join(stored['classes'])} -> {', '.join(dataset.classes)})"
-            )
-        return _saved_split(run_dir, dataset)
-
     setup = setup_training(
         data_dir,
         config,
         cache_dir,
         device,
         ranks=ranks,
-        split=resumed_split if stored is not None else None,
+        split=functools.partial(_saved_split, run_dir, stored["classes"]) if stored else None,
         progress=progress,
     )
-    dataset, split = setup.dataset, setup.split
     resume = _resumed_state(run_dir, config) if stored is not None else None
     if stored is not None and resume is None:
         log.info("%s: no completed epoch to resume from: starting at epoch 1", run_dir)
@@ -772,90 +810,135 @@ def _train(
     model = setup.new_model(dataclasses.replace(config, pretrained=None) if resume else config)
     if stored is None and ranks.is_main:
         _write_run_description(
-            run_dir, config, data_dir, dataset, split, device, ranks, setup.backbone or model
+            run_dir,
+            config,
+            data_dir,
+            setup.dataset,
+            setup.split,
+            device,
+            ranks,
+            setup.backbone or model,
         )
     log.info(
         "%s",
         model_summary(setup.backbone or model, config.image_size, title=f"model {config.model}"),
     )
-    if setup.backbone is not None:
-        log.info("training its new head on the backbone's cached features")
     if not ranks.is_main:  # dropout masks of its own
         torch.manual_seed(runtime.stream_seed(config.seed, ranks.stream("dropout")))
     with tensorboard(run_dir) if ranks.is_main else contextlib.nullcontext() as on_epoch:
-        fitted = fit(
-            model,
-            setup.train,
-            setup.val,
-            config,
-            device,
-            setup.num_classes,
-            progress,
-            checkpoint_dir=run_dir,
-            resume=resume,
-            ranks=ranks,
-            on_epoch=on_epoch,
+        setup, model, fitted = _fit_stages(
+            setup, model, run_dir, resume, stored is not None, progress, ranks, on_epoch
         )
-        if config.finetune_epochs and not fitted.interrupted:
-            model = setup.model_to_save(model)  # the backbone with the head just trained
-            tuning = config.finetuning()
-            if tuning.finetune_stages:
-                setup, model = setup.with_activations(model, tuning.finetune_stages)
-            else:
-                setup = setup.with_images()
-            folder = run_dir / FINETUNE
-            folder.mkdir(exist_ok=True)
-            log.info(
-                "fine-tuning %s for %d epochs (lr %.3g, backbone x %g)",
-                f"the last {tuning.finetune_stages} stages"
-                if tuning.finetune_stages
-                else "every layer",
-                tuning.epochs,
-                tuning.lr,
-                tuning.backbone_lr_scale,
-            )
-            offset = len(fitted.history)  # the stage's epochs numbered after the head's
-            tuned = fit(
-                model,
-                setup.train,
-                setup.val,
-                tuning,
-                device,
-                setup.num_classes,
-                progress,
-                checkpoint_dir=folder,
-                resume=_resumed_state(folder, tuning) if stored else None,
-                ranks=ranks,
-                on_epoch=on_epoch
-                and (
-                    lambda stats: on_epoch(dataclasses.replace(stats, epoch=stats.epoch + offset))
-                ),
-            )
-            fitted = _joined(fitted, tuned)
-    history, restored, interrupted = fitted.history, fitted.restored_epoch, fitted.interrupted
     runtime.release_freed_memory()  # activations, gradients, optimiser state: done with
+    classes = setup.dataset.classes
+    result = TrainResult(
+        run_dir, config, classes, fitted.history, fitted.restored_epoch, {}, fitted.interrupted
+    )
     if not ranks.is_main:  # rank 0 writes the run's files
-        return TrainResult(
-            run_dir, config, dataset.classes, history, restored, {}, interrupted, ranks.rank
-        )
+        return dataclasses.replace(result, rank=ranks.rank)
+    metrics, unwritten = _finish(run_dir, model, setup, fitted, started, outputs)
+    return dataclasses.replace(result, metrics=metrics, unwritten=unwritten)
 
-    # Ctrl-C while the run's files are written waits for them (seconds), then skips what
-    # `imgclass export` and `imgclass report` can write later
+
+def _fit_stages(
+    setup: TrainingSetup,
+    model: nn.Module,
+    run_dir: Path,
+    resume: TrainingState | None,
+    resuming: bool,
+    progress: bool,
+    ranks: Context,
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> tuple[TrainingSetup, nn.Module, FitResult]:
+    """fit() the model, then (finetune_epochs) the backbone under it in a stage of its own,
+    checkpointed in RUN/finetune/. Returns the setup and model of the last stage, and the
+    stages' epochs as one history."""
+    config = setup.config
+    if setup.backbone is not None:
+        log.info("training its new head on the backbone's cached features")
+    fitted = fit(
+        model,
+        setup.train,
+        setup.val,
+        config,
+        setup.device,
+        setup.num_classes,
+        progress,
+        checkpoint_dir=run_dir,
+        resume=resume,
+        ranks=ranks,
+        on_epoch=on_epoch,
+    )
+    if not config.finetune_epochs or fitted.interrupted:
+        return setup, model, fitted
+    model = setup.model_to_save(model)  # the backbone with the head just trained
+    tuning = config.finetuning()
+    if tuning.finetune_stages:
+        setup, model = setup.with_activations(model, tuning.finetune_stages)
+    else:
+        setup = setup.with_images()
+    folder = run_dir / rundir.FINETUNE
+    folder.mkdir(exist_ok=True)
+    log.info(
+        "fine-tuning %s for %d epochs (lr %.3g, backbone x %g)",
+        f"the last {tuning.finetune_stages} stages" if tuning.finetune_stages else "every layer",
+        tuning.epochs,
+        tuning.lr,
+        tuning.backbone_lr_scale,
+    )
+    offset = len(fitted.history)  # the stage's epochs numbered after the head's
+    tuned = fit(
+        model,
+        setup.train,
+        setup.val,
+        tuning,
+        setup.device,
+        setup.num_classes,
+        progress,
+        checkpoint_dir=folder,
+        resume=_resumed_state(folder, tuning) if resuming else None,
+        ranks=ranks,
+        on_epoch=on_epoch
+        and (lambda stats: on_epoch(dataclasses.replace(stats, epoch=stats.epoch + offset))),
+    )
+    return setup, model, _joined(fitted, tuned)
+
+
+def _finish(
+    run_dir: Path,
+    model: nn.Module,
+    setup: TrainingSetup,
+    fitted: FitResult,
+    started: float,
+    outputs: _Outputs,
+) -> tuple[dict, tuple[str, ...]]:
+    """Rank 0 saves the trained run (_save_results), then the files `imgclass export` and
+    `imgclass report` can write later. Ctrl-C while the run is saved waits for it (seconds),
+    then skips those later files. Returns the metrics and the files skipped."""
+    config = setup.config
     body = (
-        feature_folder(setup.backbone, config.image_size, cache_dir) / FEATURES_ONNX
+        feature_folder(setup.backbone, config.image_size, setup.cache_dir) / FEATURES_ONNX
         if isinstance(model, FeatureHead)
         else None
     )  # else layers below the head trained
-    later = ([(ONNX_FILE, lambda run: _export(run, body))] if export else []) + [(REPORT, _report)]
+    later = [
+        (name, write)
+        for name, write, wanted in (
+            (ONNX_FILE, lambda run: _export(run, body), outputs.export),
+            (REPORT, _report, outputs.report),
+        )
+        if wanted
+    ]
     unwritten = [name for name, _ in later]
+    metrics: dict = {}
     try:
         with _ctrl_c(defer=True):
             metrics = _save_results(run_dir, model, setup, fitted, started)
-            if not interrupted and not keep_checkpoint:  # finished: nothing left to resume
+            if not fitted.interrupted and not outputs.keep_checkpoint:  # nothing left to resume
                 log.info(
                     "removed the resume checkpoint (%.0f MB): the run is finished "
                     "(--keep-checkpoint keeps it)",
-                    _remove_checkpoints(run_dir) / 1e6,
+                    rundir.remove_checkpoints(run_dir) / 1e6,
                 )
         for name, write in later:
             with _ctrl_c(defer=False):
@@ -868,16 +951,7 @@ def _train(
                 run_dir,
                 ", ".join(unwritten),
             )
-    return TrainResult(
-        run_dir,
-        config,
-        dataset.classes,
-        history,
-        restored,
-        metrics,
-        interrupted,
-        unwritten=tuple(unwritten),
-    )
+    return metrics, tuple(unwritten)
 
 
 def _save_results(
