@@ -92,6 +92,11 @@ def native_bf16(request, monkeypatch) -> bool:
     return request.param
 
 
+# what a training in a test writes when the ONNX export and the HTML report are not under test
+# (the export alone takes seconds)
+QUICK = {"export": False, "report": False}
+
+
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     return make_class_tree(tmp_path / "data")

@@ -24,7 +24,7 @@ from imgclass.data.images import decode_image
 from imgclass.models import build_model
 from imgclass.models.backbones import LEGACY, Backbone, imagenet_file, load_pretrained
 from imgclass.training import train
-from tests.conftest import ctrl_c_after_epoch, make_class_tree, shared_dataset
+from tests.conftest import QUICK, ctrl_c_after_epoch, make_class_tree, shared_dataset
 
 BACKBONE_NAMES = ["resnet18", "mobilenet_v3_small", "efficientnet_b0"]  # once torchvision's
 OPTIONS = {
@@ -269,7 +269,7 @@ def test_freeze_then_unfreeze_survives_resume_without_the_weights_file(
         "pretrained": str(path),
         "freeze_epochs": 1,
         "epochs": 2,
-        "export": False,
+        **QUICK,
     }  # not under test here, and ~10 s per backbone
     reference = train(data, tmp_path / "reference", cache_dir=tmp_path / "cache", **options)
     log = (reference.run_dir / "train.log").read_text()

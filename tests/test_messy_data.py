@@ -20,7 +20,7 @@ from PIL import Image
 from imgclass.cli import main
 from imgclass.data.dataset import load_dataset
 from imgclass.data.scan import DataError
-from tests.conftest import make_class_tree
+from tests.conftest import QUICK, make_class_tree
 
 ODD_NAME = "red/caf\\xe9 \\xff.jpg"  # how the scan writes red/caf<0xE9> <0xFF>.jpg
 
@@ -132,7 +132,7 @@ def test_a_messy_tree_trains_with_no_leakage_and_a_scan_report(tmp_path):
 
     data = make_messy_tree(tmp_path, per_class=8)
     run = tmp_path / "run"
-    options = {"image_size": 8, "epochs": 1, "batch_size": 16, "seed": 2, "recipe": "seed"}
+    options = {"image_size": 8, "epochs": 1, "batch_size": 16, "seed": 2, "recipe": "seed", **QUICK}
     # 13.11: a folder without files is refused before decoding; one whose files do not decode
     # once they are decoded
     with pytest.raises(DataError, match="^class without images: empty; "):
@@ -141,7 +141,7 @@ def test_a_messy_tree_trains_with_no_leakage_and_a_scan_report(tmp_path):
     with pytest.raises(DataError, match="^class without images: broken; "):
         train(data, run, **options)
     shutil.rmtree(data / "broken")
-    train(data, run, image_size=8, epochs=1, batch_size=16, seed=2, recipe="seed")
+    train(data, run, **options)
     config = json.loads((run / "config.json").read_text())
     assert config["classes"] == ["blue", "green", "red"]
     split = json.loads((run / "split.json").read_text())

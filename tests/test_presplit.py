@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from imgclass.cli import main
 from imgclass.data.scan import DataError, scan_folder
 from imgclass.training import train
-from tests.conftest import ctrl_c_after_epoch, make_class_tree
+from tests.conftest import QUICK, ctrl_c_after_epoch, make_class_tree
 
-OPTIONS = {"recipe": "seed", "image_size": 8, "epochs": 2, "batch_size": 8, "seed": 3}
+OPTIONS = {"recipe": "seed", "image_size": 8, "epochs": 2, "batch_size": 8, "seed": 3, **QUICK}
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from imgclass.cli import main
 from imgclass.data.scan import DataError
 from imgclass.predict import Predictor
 from imgclass.training import train
-from tests.conftest import make_class_tree
+from tests.conftest import QUICK, make_class_tree
 from tests.test_training import RUN_FILES, assert_same_results
 
 # 96 training images in batches of 4: an epoch is a second or two of real work on a small CPU
@@ -148,7 +148,14 @@ def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     run = tmp_path / "run"
     # its checkpoint kept: as a run killed while writing its files (before metrics.json) has it
     first = train(
-        data, run, image_size=8, epochs=1, batch_size=4, keep_checkpoint=True, recipe="seed"
+        data,
+        run,
+        image_size=8,
+        epochs=1,
+        batch_size=4,
+        keep_checkpoint=True,
+        recipe="seed",
+        **QUICK,
     )
     with pytest.raises(ValueError, match="leave out out, epochs"):
         train(out=tmp_path / "x", resume=run, epochs=2)
@@ -160,7 +167,9 @@ def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     (run / "metrics.json").unlink()  # as if killed while writing the run files
     with pytest.raises(FileExistsError, match="unfinished run; continue it with --resume"):
         train(data, run, image_size=8)
-    assert train(resume=run).history == first.history  # nothing left to train: files written
+    assert (
+        train(resume=run, **QUICK).history == first.history
+    )  # nothing left to train: files written
 
     (run / "metrics.json").unlink()
     (data / "red" / "red_000.jpg").write_bytes((data / "red" / "red_001.jpg").read_bytes())

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from imgclass.training import train
-from tests.conftest import make_class_tree
+from tests.conftest import QUICK, make_class_tree
 
-OPTIONS = {"image_size": 16, "epochs": 2, "batch_size": 8, "recipe": "fast"}
+OPTIONS = {"image_size": 16, "epochs": 2, "batch_size": 8, "recipe": "fast", **QUICK}
 
 
 def test_event_files_hold_the_history(tmp_path):

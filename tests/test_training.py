@@ -15,7 +15,7 @@ from imgclass import runtime
 from imgclass import training as training_module
 from imgclass.data import split as split_module
 from imgclass.training import EarlyStopping, train
-from tests.conftest import make_class_tree
+from tests.conftest import QUICK, make_class_tree
 
 RUN_FILES = [
     "config.json",
@@ -73,7 +73,9 @@ def test_undecodable_file_is_skipped_named_and_counted(tmp_path, caplog):
     (data / "red" / "truncated.jpg").write_bytes((data / "red" / "red_000.jpg").read_bytes()[:200])
     (data / "blue" / "page.jpg").write_text("<html></html>")
     with caplog.at_level(logging.WARNING, logger="imgclass"):
-        result = train(data, tmp_path / "run", image_size=8, epochs=1, batch_size=4, recipe="seed")
+        result = train(
+            data, tmp_path / "run", image_size=8, epochs=1, batch_size=4, recipe="seed", **QUICK
+        )
     assert result.metrics["skipped_files"] == 2
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {s["path"] for s in skipped} == {"red/truncated.jpg", "blue/page.jpg"}
@@ -111,7 +113,7 @@ def test_same_seed_same_split_and_metrics(tmp_path, monkeypatch):
         monkeypatch.setattr(f"imgclass.{module}.{name}", lambda *args: None)
     data = make_class_tree(tmp_path / "data", per_class=6)
     args = dict(
-        image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32", export=False, recipe="seed"
+        image_size=8, epochs=2, batch_size=4, seed=5, precision="fp32", recipe="seed", **QUICK
     )
     train(data, tmp_path / "a", **args)
     train(data, tmp_path / "b", **args)
@@ -148,6 +150,7 @@ def test_max_pixels_skips_a_huge_image_with_its_reason(tmp_path):
         batch_size=4,
         max_pixels=100_000,
         recipe="seed",
+        **QUICK,
     )
     skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
     assert {"path": "red/huge.png", "reason": "too many pixels (400 x 300 > 100000)"} in skipped
@@ -223,7 +226,7 @@ def test_train_shows_progress_where_someone_watches_and_is_quiet_when_asked(tmp_
 
     assert training_module.tqdm is tqdm.auto.tqdm  # the notebook's widget inside Jupyter
     data = make_class_tree(tmp_path / "data", per_class=4)
-    options = {"recipe": "seed", "image_size": 8, "epochs": 1, "batch_size": 4, "export": False}
+    options = {"recipe": "seed", "image_size": 8, "epochs": 1, "batch_size": 4, **QUICK}
     for name, quiet in (("watched", {}), ("quiet", {"progress": False})):
         monkeypatch.setattr(sys, "stderr", Terminal())
         train(data, tmp_path / name, **options, **quiet)

@@ -26,7 +26,7 @@ from imgclass.predict import Predictor
 from imgclass.training import train
 from imgclass.tune import search_space
 from imgclass.val_predictions import VAL_PREDICTIONS, ValPredictions
-from tests.conftest import ctrl_c_after_epoch, make_class_tree
+from tests.conftest import QUICK, ctrl_c_after_epoch, make_class_tree
 from tests.service import request, running_service
 
 OPTIONS = {"recipe": "transfer", "image_size": 32, "epochs": 6, "patience": 0, "precision": "fp32"}
@@ -96,14 +96,14 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
 
 @pytest.mark.slow
 def test_transfer_resumes_as_the_uninterrupted_run(data, tmp_path, monkeypatch):
-    options = {**OPTIONS, "export": False}
+    options = {**OPTIONS, **QUICK}
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
     ctrl_c_after_epoch(monkeypatch, 3)
     cut = train(data, tmp_path / "cut", cache_dir=tmp_path / "cache", **options)
     assert cut.interrupted and len(cut.history) == 3
     monkeypatch.undo()
     (cut.run_dir / "metrics.json").unlink()  # as after a kill: resumable from the checkpoint
-    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
+    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", **QUICK)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
     a, b = load_model(whole.run_dir).model, load_model(resumed.run_dir).model
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -120,7 +120,7 @@ def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_pat
         "finetune_stages": 0,
         "finetune_lr": 1e-3,
         "backbone_lr_scale": 0.1,
-        "export": False,
+        **QUICK,
     }
     whole = train(data, tmp_path / "whole", cache_dir=tmp_path / "cache", **options)
     assert [h.epoch for h in whole.history] == [1, 2, 3, 4, 5] and whole.restored_epoch == 5
@@ -135,7 +135,7 @@ def test_finetuning_trains_every_layer_and_resumes_in_either_stage(data, tmp_pat
     assert cut.interrupted and len(cut.history) == 4
     monkeypatch.undo()
     (cut.run_dir / "metrics.json").unlink()  # as after a kill
-    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
+    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", **QUICK)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
     assert all(
         torch.equal(x, y)
@@ -181,7 +181,7 @@ def test_finetuning_the_last_stages_on_their_activations(data, tmp_path, monkeyp
     assert cut.interrupted and len(cut.history) == 4
     monkeypatch.undo()
     (cut.run_dir / "metrics.json").unlink()  # as after a kill
-    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", export=False)
+    resumed = train(resume=cut.run_dir, cache_dir=tmp_path / "cache", **QUICK)
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in whole.history]
     assert all(
         torch.equal(tuned[k], v) for k, v in load_model(resumed.run_dir).model.state_dict().items()
@@ -275,5 +275,5 @@ def test_a_class_without_images_is_refused_before_any_feature_is_extracted(tmp_p
     (data / "broken").mkdir()
     (data / "broken" / "x.jpg").write_bytes(b"not an image")  # a file, none usable: caught later
     with pytest.raises(DataError, match="^class without images: empty; add images"):
-        train(data, tmp_path / "run", cache_dir=tmp_path / "cache", image_size=32)
+        train(data, tmp_path / "run", cache_dir=tmp_path / "cache", image_size=32, **QUICK)
     assert "extracting" not in caplog.text and not (tmp_path / "cache").exists()
