@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import threading
+import time
+import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +372,60 @@ def test_ycck_jpeg_decodes_to_the_same_colours_as_cmyk():
     got = decode_image(bytes(data), (32, 32)).astype(int)
     assert np.abs(expected - got).max() <= 4
     assert got[4, 4, 0] > 200 and got[4, 4, 1] < 80  # red-ish top, not a swapped plane
+
+
+def corrupt_exif_jpeg() -> bytes:
+    """A good JPEG whose EXIF block is cut short: Pillow warns when its orientation is read."""
+    buffer = io.BytesIO()
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00\x01\x00\x00\x00\x01\x00"
+    Image.new("RGB", (8, 8), ORANGE).save(buffer, "JPEG", exif=exif + b"\x00\x00\x99\x99")
+    return buffer.getvalue()
+
+
+def test_pillow_warnings_are_per_call_from_threads_and_never_lost_elsewhere(caplog):
+    """Many threads decode images that warn while a bystander thread warns too: each call logs
+    its own file's warning, every bystander warning reaches the process's recorder, and once the
+    decoding ends the process's warning machinery is as it was (warnings.catch_warnings from
+    threads left a dead recorder installed that swallowed every later warning)."""
+    content = corrupt_exif_jpeg()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        before = (warnings.showwarning, list(warnings.filters))
+        stop = threading.Event()
+
+        def bystander() -> int:
+            sent = 0
+            while not stop.is_set() and sent < 20_000:
+                warnings.warn(f"bystander {sent}", UserWarning, stacklevel=1)
+                sent += 1
+                time.sleep(0)  # the others' turn
+            return sent
+
+        def decode(index: int) -> None:
+            assert_colour(
+                decode_image(content, (8, 8), path_for_errors=f"img{index}.jpg"), ORANGE, 12
+            )
+
+        with (
+            caplog.at_level(logging.DEBUG, logger="imgclass.data.images"),
+            ThreadPoolExecutor(9) as pool,
+        ):
+            sent = pool.submit(bystander)
+            list(pool.map(decode, range(400)))
+            stop.set()
+            sent = sent.result()
+        assert (warnings.showwarning, warnings.filters) == before
+        warnings.warn("after", UserWarning, stacklevel=1)
+    logged = [r.getMessage() for r in caplog.records if "Pillow warning" in r.getMessage()]
+    assert sorted(m.split(":")[0] for m in logged) == sorted(f"img{i}.jpg" for i in range(400))
+    assert all("Corrupt EXIF data" in m for m in logged)
+    shown = [str(w.message) for w in seen]
+    assert shown == [f"bystander {i}" for i in range(sent)] + ["after"]
+
+
+def test_a_warning_is_no_failure_under_an_error_filter(caplog):
+    """This module runs under filterwarnings("error"): a decode that warns still decodes."""
+    with caplog.at_level(logging.DEBUG, logger="imgclass.data.images"):
+        pixels = decode_image(corrupt_exif_jpeg(), (8, 8), path_for_errors="exif.jpg")
+    assert_colour(pixels, ORANGE, 12)
+    assert "exif.jpg: Pillow warning: Corrupt EXIF data" in caplog.text

@@ -16,9 +16,9 @@ Every failure raises `ImageDecodeError`; its reason starts with one of the `REAS
     cannot decode: <ExceptionType>: <message>         anything else, MemoryError included
     cannot read file (<OS message>)                   missing, unreadable, a directory
 
-Pillow's warnings are caught locally (and logged at DEBUG), never raised or printed. Note that
-`warnings.catch_warnings` is not thread-safe: decode in processes, or accept that a warning raised
-in another thread at the same moment may be swallowed.
+Pillow's warnings are collected per call, on the calling thread, and logged at DEBUG with the
+file's name, never raised or printed (`_pillow_warnings`: safe from many decoding threads at once,
+unlike `warnings.catch_warnings`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import io
 import logging
 import os
 import stat
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,10 +130,8 @@ def header_size(content: bytes) -> tuple[int, int] | None:
     """(width, height) from an image file's header (nothing decoded); None if Pillow finds no
     image header there (the decoder then says why)."""
     try:
-        with warnings.catch_warnings():  # (called from one thread: scan's walk)
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(content)) as img:
-                return img.width, img.height
+        with _pillow_warnings(), Image.open(io.BytesIO(content)) as img:  # warnings dropped
+            return img.width, img.height
     except Exception:  # Pillow's many failures, decompression bombs included: no area (such
         return None  # files never decode, so no cache holds them either)
 
@@ -152,6 +152,71 @@ def _open_regular(path: str | os.PathLike, name: str) -> io.BufferedIOBase:
     return open(fd, "rb")  # noqa: SIM115 - closed by the caller's `with stream`
 
 
+# Pillow's warnings, collected per call. warnings.catch_warnings swaps process-wide state on
+# entry and puts back what it found on exit: from threads, one can put back another's recorder,
+# which then swallows every later warning of the process. Instead, while any thread decodes, one
+# router is in place (the first caller puts it in, the last takes it out, under a lock): a filter
+# that lets every warning of Pillow and of this module through (an "error" filter of the
+# process's would fail a good decode, a "once" one hide a file's warning), and a showwarning that
+# hands a warning to the list of the thread it was raised on, if that thread is decoding, and
+# any other to the showwarning it replaced.
+_PILLOW = r"(PIL|imgclass\.data\.images)(\.|$)"  # the modules whose warnings are a decode's
+_router_lock = threading.Lock()
+_router_users = 0
+_replaced = warnings.showwarning  # what the router hands other threads' warnings to
+_decoding = threading.local()  # .caught: the list of the call running on this thread
+
+
+def _route(message, category, filename, lineno, file=None, line=None) -> None:
+    caught = getattr(_decoding, "caught", None)
+    if caught is not None:
+        caught.append(message)
+    elif getattr(_decoding, "routing", False):  # a showwarning put in after the router and
+        # handing on to it handed the warning back: shown as Python shows it, not looped
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+    else:
+        _decoding.routing = True
+        try:
+            _replaced(message, category, filename, lineno, file, line)
+        finally:
+            _decoding.routing = False
+
+
+@contextmanager
+def _pillow_warnings() -> Iterator[list[Warning | str]]:
+    """The warnings raised on this thread while the block runs, in a list, never shown."""
+    global _router_users, _replaced
+    with _router_lock:
+        if not _router_users:
+            if warnings.showwarning is not _route:  # (put back by someone who had saved it)
+                _replaced = warnings.showwarning
+            warnings.showwarning = _route
+            warnings.filterwarnings("always", module=_PILLOW)
+        _router_users += 1
+    outer = getattr(_decoding, "caught", None)
+    _decoding.caught = caught = []
+    try:
+        yield caught
+    finally:
+        _decoding.caught = outer
+        with _router_lock:
+            _router_users -= 1
+            if not _router_users:
+                _remove_router()
+
+
+def _remove_router() -> None:
+    """Take the router's filter out and put back the showwarning it replaced, unless someone
+    replaced the router since (it then hands on to the one it replaced: nothing is lost)."""
+    for index, entry in enumerate(warnings.filters):
+        if entry[0] == "always" and entry[3] is not None and entry[3].pattern == _PILLOW:
+            del warnings.filters[index]
+            getattr(warnings, "_filters_mutated", lambda: None)()  # the C cache's version
+            break
+    if warnings.showwarning is _route:
+        warnings.showwarning = _replaced
+
+
 @contextmanager
 def _open(source: str | os.PathLike | bytes, name: str) -> Iterator[Image.Image]:
     """Open the image lazily (header only); any failure inside the block becomes ImageDecodeError.
@@ -162,8 +227,7 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Iterator[Image.Image]
         stream: io.BufferedIOBase = io.BytesIO(source)
     else:
         stream = _open_regular(source, name)
-    with stream, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with stream, _pillow_warnings() as caught:
         if stream.seek(0, io.SEEK_END) == 0:
             raise ImageDecodeError(name, REASON_EMPTY)
         stream.seek(0)
@@ -181,8 +245,8 @@ def _open(source: str | os.PathLike | bytes, name: str) -> Iterator[Image.Image]
         except Exception as e:  # any other Pillow failure (MemoryError too) is one clear reason
             raise ImageDecodeError(name, f"{REASON_UNDECODABLE}: {type(e).__name__}: {e}") from e
         finally:
-            for warning in caught:
-                log.debug("%s: Pillow warning: %s", name, warning.message)
+            for message in caught:
+                log.debug("%s: Pillow warning: %s", name, message)
 
 
 def _orientation(img: Image.Image) -> int:
