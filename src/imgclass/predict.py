@@ -23,7 +23,7 @@ from imgclass import atomic, rundir, runtime
 from imgclass.checkpoint import load_model, read_meta
 from imgclass.data.batches import to_float
 from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_image
-from imgclass.data.ingest import is_os_junk
+from imgclass.data.walk import REASON_JUNK, REASON_JUNK_FOLDER, Walk
 from imgclass.evaluation import predict_proba
 from imgclass.export import FILE as ONNX_FILE
 from imgclass.export import OnnxModel, check_onnx, current_export, read_metadata
@@ -46,9 +46,10 @@ class Prediction:
 Input = str | os.PathLike | Image.Image | np.ndarray
 
 
-def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.Image]]:
-    """(name, file or image) of one input or of each in a list; a folder gives its files, an
-    (N, H, W, 3) array N images, named "<image i>" as in-memory images are."""
+def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.Image | str]]:
+    """(name, file or image) of one input or of each in a list; a folder gives its files (or
+    why one is skipped: a link out of the folder, a FIFO, ...), an (N, H, W, 3) array N images,
+    named "<image i>" as in-memory images are."""
     if isinstance(given, (str, os.PathLike, Image.Image)) or (
         isinstance(given, np.ndarray) and given.ndim != 4
     ):
@@ -56,7 +57,11 @@ def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.
     count = 0
     for one in given:
         if isinstance(one, (str, os.PathLike)):
-            yield from ((str(path), path) for path in expand_paths([one]))
+            path = Path(one)
+            if path.is_dir():
+                yield from _files(path)
+            else:
+                yield str(path), path
             continue
         arrays = one if isinstance(one, np.ndarray) and one.ndim == 4 else [one]
         for image in arrays:
@@ -74,17 +79,12 @@ def _inputs(given: Input | Iterable[Input]) -> Iterator[tuple[str, Path | Image.
             count += 1
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files as given; folders walked recursively (sorted, OS junk left out)."""
-    for path in map(Path, paths):
-        if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not is_os_junk([d]))
-                for name in sorted(filenames):
-                    if not is_os_junk([name]):
-                        yield Path(dirpath, name)
-        else:
-            yield path
+def _files(folder: Path) -> Iterator[tuple[str, Path | str]]:
+    """(name, file or why it is skipped) of each file in a folder, walked by data/walk.py's
+    rules; OS junk is left out without a word."""
+    for found in Walk(folder).files():
+        if found.reason not in (REASON_JUNK, REASON_JUNK_FOLDER):
+            yield str(folder / found.rel), found.reason or found.path
 
 
 BACKENDS = ("auto", "pytorch", "onnx")
@@ -264,12 +264,14 @@ class Predictor:
         return batch
 
     def _decoded(
-        self, items: list[tuple[str, Path | Image.Image]]
+        self, items: list[tuple[str, Path | Image.Image | str]]
     ) -> Iterator[tuple[str, np.ndarray | str]]:
         """(name, pixels or skip reason) in order; at most two batches decoded ahead."""
         size = (self.meta.image_size, self.meta.image_size)
 
-        def load(source: Path | Image.Image) -> np.ndarray | str:
+        def load(source: Path | Image.Image | str) -> np.ndarray | str:
+            if isinstance(source, str):  # skipped by the folder walk: the reason
+                return source
             try:
                 if isinstance(source, Image.Image):
                     return resize_image(source, size)

@@ -9,7 +9,6 @@ write is atomic, so an interrupted prepare can simply be run again.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import stat
 import zipfile
@@ -23,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from imgclass import atomic
-from imgclass.data.images import REASON_NOT_A_FILE
+from imgclass.data.walk import REASON_JUNK, REASON_LINK_OUTSIDE, Walk, is_os_junk
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,6 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 )
 
-_JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 _NESTED = "nested archive: not extracted"
 _SEPARATORS = re.compile(r"[\\/]")  # zips written on Windows may use backslashes
 _DRIVE = re.compile(r"[A-Za-z]:")
@@ -251,47 +249,21 @@ def _scan_zip(
 def _scan_folder(
     root: Path, names: Mapping[str, str], limits: _Limits, stack: ExitStack
 ) -> list[_Source]:
+    """A folder given to prepare, walked by data/walk.py's rules; its zips read as sources too."""
     source = _Source(str(root))
     archives = []
-    top = root.resolve()
-    seen = {top}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        for name in sorted(dirnames):
-            full = here / name
-            member = full.relative_to(root).as_posix() + "/"
-            reason = _folder_refusal(full, top, seen, source.label)
-            if reason:
-                dirnames.remove(name)
-                source.skip(member, reason, warn=reason.endswith("refused"))
-            else:
-                seen.add(full.resolve())
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = here / name
-            rel = full.relative_to(root)
-            if full.is_symlink() and not full.resolve().is_relative_to(top):
-                reason = f"symbolic link pointing outside {source.label}: refused"
-                source.skip(rel.as_posix(), reason, warn=True)
-            elif not full.is_file():  # a FIFO would block the read; devices, sockets: no photo
-                source.skip(rel.as_posix(), REASON_NOT_A_FILE)
-            elif _member_problem(rel.parts) == _NESTED:
-                archives.append((full, str(root / rel)))
-            else:
-                read = partial(_read_capped, partial(full.open, "rb"), limits.max_member_bytes)
-                _add_member(source, rel.as_posix(), list(rel.parts), names, read)
+    for found in Walk(root).files():
+        if found.reason is not None:
+            source.skip(found.rel, found.reason, warn=found.reason == REASON_LINK_OUTSIDE)
+            continue
+        parts = found.rel.split("/")
+        if _member_problem(parts) == _NESTED:
+            archives.append((found.path, str(root / found.rel)))
+        else:
+            read = partial(_read_capped, partial(found.path.open, "rb"), limits.max_member_bytes)
+            _add_member(source, found.rel, parts, names, read)
     source.archives = len(archives)
     return [source] + [_scan_zip(p, label, names, limits, stack) for p, label in archives]
-
-
-def _folder_refusal(folder: Path, top: Path, seen: set[Path], label: str) -> str | None:
-    if is_os_junk([folder.name]):
-        return "OS junk folder"
-    if folder.is_symlink() and not folder.resolve().is_relative_to(top):
-        return f"symbolic link pointing outside {label}: refused"
-    if folder.resolve() in seen:
-        return "folder reached twice through a symbolic link"
-    return None
 
 
 def _add_member(
@@ -311,11 +283,6 @@ def _add_member(
         )
 
 
-def is_os_junk(parts: Sequence[str]) -> bool:
-    hidden = any(p.startswith(".") and p not in (".", "..") for p in parts)
-    return hidden or "__MACOSX" in parts or parts[-1].lower() in _JUNK_NAMES
-
-
 def _bad_name(name: str) -> bool:
     return name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
 
@@ -323,7 +290,7 @@ def _bad_name(name: str) -> bool:
 def _member_problem(parts: Sequence[str]) -> str | None:
     """Why the file at these path parts is not an image to copy; None when it is."""
     if is_os_junk(parts):
-        return "OS junk file"
+        return REASON_JUNK
     suffix = PurePosixPath(parts[-1]).suffix.lower()
     if suffix == ".zip":
         return _NESTED

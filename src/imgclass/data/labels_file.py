@@ -14,14 +14,8 @@ import os
 from pathlib import Path, PurePosixPath
 
 from imgclass.data.images import unreadable
-from imgclass.data.scan import (
-    REASON_LINK_OUTSIDE,
-    DataError,
-    Manifest,
-    ManifestItem,
-    Skipped,
-    text_name,
-)
+from imgclass.data.scan import DataError, Manifest, ManifestItem, Skipped
+from imgclass.data.walk import REASON_LINK_OUTSIDE, text_name
 
 LABELS_FILE_SUFFIX = ".csv"
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "filepath", "image", "image_path")

@@ -2,11 +2,9 @@
 
 Class order is the sorted class-folder names, fixed here and stored with every model; an empty
 class folder keeps its place (no index shift). Files are not filtered by extension (images are
-recognised by content when decoded); OS junk is skipped. Symbolic links are followed only when
-their target lies inside the data root; a link back to a folder being walked is a loop, skipped.
-
-Names are stored as text that prints and goes into JSON: the bytes of a name that are not UTF-8
-are written `\\xNN` (the file on disk is still the one opened, see `Manifest.absolute`).
+recognised by content when decoded). The tree is walked by `data/walk.py`'s rules (OS junk, links
+only inside the data root, loops, run directories, names as text: the file on disk is still the
+one opened, see `Manifest.absolute`).
 
 Contents found more than once are reported (`SameContent`): copies within one class are exact
 duplicates, all kept (the split keeps them on one side); one content under several classes is a
@@ -15,7 +13,6 @@ label conflict, left out by default (`Manifest.without_conflicts`).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -25,20 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.data.images import REASON_NOT_A_FILE, header_size, too_many_pixels, unreadable
-from imgclass.data.ingest import is_os_junk
+from imgclass.data.images import header_size, too_many_pixels, unreadable
+from imgclass.data.walk import REASON_LINK_LOOP, REASON_RUN_DIR, Child, Found, Walk, join, text_name
 from imgclass.rundir import is_run_dir
 
 log = logging.getLogger(__name__)
 
 REASON_NOT_IN_CLASS = "not inside a class folder"
-REASON_JUNK = "OS junk file"
-REASON_JUNK_FOLDER = "OS junk folder"
-REASON_LINK_OUTSIDE = "symbolic link pointing outside the data root"
-REASON_LINK_BROKEN = "broken symbolic link"
-REASON_LINK_LOOP = "symbolic link loop"
-REASON_NAME_CLASH = "name clashes with another file's once its non-UTF-8 bytes are written \\xNN"
-REASON_RUN_DIR = "an imgclass run directory, not photos"
 REASON_CONFLICT = "label conflict: same content also in class"
 # a data root of these folders (train and a validation one at least), each of class folders, is
 # split already (the layout of Keras, timm and Ultralytics): side -> the folder names it takes
@@ -215,11 +205,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def text_name(name: str) -> str:
-    """A file name as printable, JSON-safe text: bytes that are not UTF-8 become `\\xNN`."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
 def scan_folder(root: str | os.PathLike) -> Manifest:
     """List the images of a class-folder tree (`root/<class>/**/<file>`), or of one split
     already (`root/train/<class>/...`, `root/val/<class>/...`, maybe `root/test/<class>/...`:
@@ -238,7 +223,10 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
     if sides:
         class_dirs = {
             side: scan.folders(
-                Path(top[folder][0].path), top[folder][1], folder, frozenset({top[folder][1]})
+                Path(top[folder].entry.path),
+                top[folder].real,
+                folder,
+                frozenset({top[folder].real}),
             )
             for side, folder in sides.items()
         }
@@ -259,14 +247,9 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
         )
     for side, found in class_dirs.items():
         folder = sides.get(side, "")
-        for name, (entry, real) in found.items():
-            scan.walk(
-                Path(entry.path),
-                real,
-                _join(folder, name),
-                _join(folder, entry.name),
-                classes.index(name),
-                frozenset({scan.root_real, real}),
+        for name, child in found.items():
+            scan.add_class(
+                child, join(folder, name), join(folder, child.entry.name), classes.index(name)
             )
     counts = np.bincount([i.label for i in scan.items], minlength=len(classes))
     for class_name, count in zip(classes, counts):
@@ -275,7 +258,7 @@ def scan_folder(root: str | os.PathLike) -> Manifest:
     return Manifest(root, classes, scan.items, scan.skipped, scan.disk_paths, sides)
 
 
-def _sides(top: dict[str, tuple[os.DirEntry, Path]]) -> dict[str, str]:
+def _sides(top: dict[str, Child]) -> dict[str, str]:
     """side -> folder when the root's folders are a train one, a validation one and maybe a
     test one (names as SIDE_FOLDERS, any case), and nothing else; {} for class folders."""
     sides: dict[str, str] = {}
@@ -286,7 +269,7 @@ def _sides(top: dict[str, tuple[os.DirEntry, Path]]) -> dict[str, str]:
         sides[side] = name
     if not {"train", "val"} <= set(sides):
         return {}
-    if not all(_holds_folders(top[folder][1]) for folder in sides.values()):
+    if not all(_holds_folders(top[folder].real) for folder in sides.values()):
         return {}  # a side of images directly: those are classes named train, val, ...
     return sides
 
@@ -299,136 +282,53 @@ def _holds_folders(folder: Path) -> bool:
         return False
 
 
-class _Scan:
+class _Scan(Walk):
     """One walk of a data root: what it found, what it skipped."""
 
     def __init__(self, root: Path):
-        self.root_real = Path(os.path.realpath(root))
+        super().__init__(root)
         self.items: list[ManifestItem] = []
         self.skipped: list[Skipped] = []
         self.disk_paths: dict[str, str] = {}
 
-    def skip(self, rel: str, reason: str) -> None:
-        self.skipped.append(Skipped(rel, reason))
+    def skip(self, found: Found) -> None:
+        self.skipped.append(Skipped(found.rel, found.reason))
 
     def folders(
         self, folder: Path, folder_real: Path, rel: str, ancestors: frozenset[Path]
-    ) -> dict[str, tuple[os.DirEntry, Path]]:
-        """The class folders directly in `folder`: name -> (entry, real folder); the files and
-        what is no class there skipped with their reasons."""
-        found: dict[str, tuple[os.DirEntry, Path]] = {}
-        for name, entry in self.entries(folder, rel):
-            child = _join(rel, name)
-            if is_os_junk([name]):
-                self.skip(child, REASON_JUNK_FOLDER if _is_dir(entry) else REASON_JUNK)
+    ) -> dict[str, Child]:
+        """The class folders directly in `folder`: name -> its Child; the files and what is no
+        class there skipped with their reasons."""
+        found: dict[str, Child] = {}
+        for child in self.children(folder, folder_real, rel):
+            if isinstance(child, Found):
+                self.skip(child)
                 continue
-            real = self.follow(entry, child, folder_real)
-            if real is None:
-                continue
-            if real == self.root_real or real in ancestors:
-                self.skip(child, REASON_LINK_LOOP)
-            elif real.is_dir() and is_run_dir(real):  # no class: a run written into the data
-                self.skip(child, REASON_RUN_DIR)
-            elif real.is_dir():
-                found[name] = (entry, real)
+            path = join(rel, child.name)
+            if child.real == self.root_real or child.real in ancestors:
+                self.skip(Found(path, child.real, reason=REASON_LINK_LOOP))
+            elif child.is_dir and is_run_dir(child.real):  # a run written into the data
+                self.skip(Found(path, child.real, reason=REASON_RUN_DIR))
+            elif child.is_dir:
+                found[child.name] = child
             else:
-                self.skip(child, REASON_NOT_IN_CLASS)
+                self.skip(Found(path, child.real, reason=REASON_NOT_IN_CLASS))
         return found
 
-    def entries(self, folder: Path, rel: str) -> list[tuple[str, os.DirEntry]]:
-        """The folder's entries as (text name, entry), sorted by text name; clashes skipped."""
-        try:
-            with os.scandir(folder) as listing:
-                found = sorted(listing, key=lambda e: e.name)
-        except OSError as err:
-            self.skip(rel or ".", f"cannot read folder ({err.strerror or err})")
-            return []
-        named: dict[str, os.DirEntry] = {}
-        for entry in found:
-            name = text_name(entry.name)
-            if name in named:
-                self.skip(
-                    _join(rel, name), f"{REASON_NAME_CLASH} (on disk {os.fsencode(entry.name)!r})"
-                )
-            else:
-                named[name] = entry
-        return sorted(named.items())
-
-    def follow(self, entry: os.DirEntry, rel: str, parent_real: Path) -> Path | None:
-        """The real path of an entry, or None (skip recorded) for a link not to follow."""
-        try:
-            if not entry.is_symlink():
-                return parent_real / entry.name
-            real = Path(entry.path).resolve(strict=True)
-        except RuntimeError:  # Python < 3.13 reports a symlink loop this way
-            self.skip(rel, REASON_LINK_LOOP)
-            return None
-        except FileNotFoundError:
-            self.skip(rel, REASON_LINK_BROKEN)
-            return None
-        except OSError as err:
-            self.skip(
-                rel,
-                REASON_LINK_LOOP if err.errno == errno.ELOOP else unreadable(err),
-            )
-            return None
-        if real != self.root_real and not real.is_relative_to(self.root_real):
-            self.skip(rel, REASON_LINK_OUTSIDE)
-            return None
-        return real
-
-    def walk(
-        self,
-        folder: Path,
-        folder_real: Path,
-        rel: str,
-        disk_rel: str,
-        label: int,
-        ancestors: frozenset[Path],
-    ) -> None:
-        """Add every file under `folder` (real folders in `ancestors` are not entered again)."""
-        for name, entry in self.entries(folder, rel):
-            child, disk_child = _join(rel, name), _join(disk_rel, entry.name)
-            is_dir = _is_dir(entry)
-            if is_os_junk([name]):  # junk folders (__MACOSX, .git, ...) are not entered
-                self.skip(child, REASON_JUNK_FOLDER if is_dir else REASON_JUNK)
+    def add_class(self, folder: Child, rel: str, disk_rel: str, label: int) -> None:
+        """Add every file under a class folder; skip what the walk skips."""
+        files = self.files(
+            Path(folder.entry.path), folder.real, rel, disk_rel, frozenset({self.root_real})
+        )
+        for found in files:
+            if found.reason is not None:
+                self.skip(found)
                 continue
-            real = self.follow(entry, child, folder_real)
-            if real is None:
+            try:
+                item = ManifestItem.read(found.path, found.rel, label)
+            except OSError as err:
+                self.skip(Found(found.rel, found.path, reason=unreadable(err)))
                 continue
-            if is_dir:
-                if real in ancestors:
-                    self.skip(child, REASON_LINK_LOOP)
-                elif is_run_dir(real):  # its plots and logs are no photos of the class
-                    self.skip(child, REASON_RUN_DIR)
-                else:
-                    self.walk(Path(entry.path), real, child, disk_child, label, ancestors | {real})
-            elif not _is_file(entry):
-                self.skip(child, REASON_NOT_A_FILE)
-            else:
-                try:
-                    item = ManifestItem.read(Path(entry.path), child, label)
-                except OSError as err:
-                    self.skip(child, unreadable(err))
-                    continue
-                if child != disk_child:
-                    self.disk_paths[child] = disk_child
-                self.items.append(item)
-
-
-def _join(rel: str, name: str) -> str:
-    return f"{rel}/{name}" if rel else name
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows links
-    except OSError:
-        return False
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()  # follows links; False for FIFOs, sockets and devices
-    except OSError:
-        return False
+            if found.rel != found.disk_rel:
+                self.disk_paths[found.rel] = found.disk_rel
+            self.items.append(item)
