@@ -22,9 +22,7 @@ from tests.conftest import make_class_tree
 def test_predict_preprocessing_is_the_validation_tensor(trained_run, tmp_path):
     data = make_class_tree(tmp_path / "d", per_class=2, size=37)
     dataset = load_dataset(data, 16, cache_dir=tmp_path / "cache")
-    validation_x, _ = next(
-        iterate_batches(torch.from_numpy(dataset.pixels), torch.from_numpy(dataset.labels), 64)
-    )
+    validation_x, _ = next(iterate_batches(dataset.pixels, torch.from_numpy(dataset.labels), 64))
     predictor = Predictor(trained_run)
     for row, path in enumerate(dataset.paths):
         x = predictor.preprocess(data / path)

@@ -14,6 +14,7 @@ from torch import nn
 from imgclass import atomic, rundir
 from imgclass.checkpoint import load_model
 from imgclass.data.batches import iterate_batches
+from imgclass.data.cache import CachedRows
 from imgclass.data.dataset import Dataset, load_dataset
 from imgclass.data.scan import DataError
 from imgclass.data.split import saved_split
@@ -94,15 +95,17 @@ class Probabilities(nn.Module):
 @torch.no_grad()
 def predict_proba(
     model: nn.Module,
-    pixels: np.ndarray | torch.Tensor,
+    pixels: np.ndarray | torch.Tensor | CachedRows,
     device: Device,
     batch_size: int = 64,
     tta_flip: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing."""
+    """Softmax probabilities (N, classes) of uint8 (N, H, W, 3) images, validation preprocessing
+    (the decode cache's rows read a batch at a time)."""
     model.eval()
     head = Probabilities(model, tta_flip)
-    pixels = torch.as_tensor(pixels)
+    if not isinstance(pixels, CachedRows):
+        pixels = torch.as_tensor(pixels)
     out = []
     for x, _ in iterate_batches(pixels, torch.zeros(len(pixels)), batch_size):
         with device.autocast():

@@ -28,7 +28,7 @@ from imgclass import distributed, runtime
 from imgclass.config import TrainConfig
 from imgclass.data.augment import TrainAugment
 from imgclass.data.batches import to_float
-from imgclass.data.cache import DecodedImages, load_images
+from imgclass.data.cache import CachedRows, DecodedImages, load_images
 from imgclass.data.dataset import Dataset, Loader, load_dataset
 from imgclass.data.features import load_features
 from imgclass.data.scan import DataError, Manifest
@@ -45,25 +45,46 @@ ACTIVATION_BATCH = 64  # images per step of with_activations' forward pass
 
 @dataclass
 class Tensors:
-    """One side of the split as tensors: uint8 pixels (N, H, W, 3), or a backbone's float
-    features (N, num_features) or activations (N, C, H, W), and int64 labels."""
+    """One side of the split: uint8 pixels (N, H, W, 3), read where the decode cache holds them
+    (CachedRows) or moved to a GPU; or a backbone's float features (N, num_features) or
+    activations (N, C, H, W); and int64 labels."""
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | CachedRows
     labels: torch.Tensor
 
     @classmethod
     def take(cls, dataset: Dataset, index: np.ndarray) -> Tensors:
-        return cls(torch.from_numpy(dataset.pixels[index]), torch.from_numpy(dataset.labels[index]))
+        """The rows at `index`: the cache's rows are not read here (no copy), others copied."""
+        pixels = dataset.pixels
+        rows = (
+            pixels.take(index)
+            if isinstance(pixels, CachedRows)
+            else torch.from_numpy(pixels[index])
+        )
+        return cls(rows, torch.from_numpy(dataset.labels[index]))
 
     @property
     def images(self) -> bool:
         """Images (augmented in training), not a backbone's features."""
-        return not self.pixels.is_floating_point()
+        return isinstance(self.pixels, CachedRows) or not self.pixels.is_floating_point()
 
     def to(self, device: torch.device) -> Tensors:
-        """Moved once to the device: batches are then cut and augmented there."""
-        self.pixels, self.labels = self.pixels.to(device), self.labels.to(device)
+        """Moved once to the device: batches are then cut and augmented there. Rows of the
+        cache stay where they are on the CPU, and go to a GPU a chunk at a time."""
+        if isinstance(self.pixels, CachedRows):
+            if device.type != "cpu":
+                self.pixels = _to_device(self.pixels, device)
+        else:
+            self.pixels = self.pixels.to(device)
+        self.labels = self.labels.to(device)
         return self
+
+
+def _to_device(rows: CachedRows, device: torch.device, chunk: int = 1024) -> torch.Tensor:
+    out = torch.empty(rows.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = torch.from_numpy(rows[start : start + chunk]).to(device)
+    return out
 
 
 def load_data(
@@ -204,7 +225,7 @@ class TrainingSetup:
                 "whose features the head was trained on)"
             )
         train_data, val_data, test_data, on_device = _tensors(dataset, self.split, self.device)
-        log.info("fine-tuning on the images, %s", _where(self.device, on_device))
+        log.info("fine-tuning on the images, %s", _where(self.device, on_device, train_data))
         return dataclasses.replace(
             self, dataset=dataset, train=train_data, val=val_data, test=test_data, backbone=None
         )
@@ -221,7 +242,7 @@ class TrainingSetup:
         def activations(side: Tensors, mirrored: bool) -> torch.Tensor:
             out = []
             for i in range(0, len(side.labels), ACTIVATION_BATCH):
-                batch = to_float(side.pixels[i : i + ACTIVATION_BATCH])
+                batch = to_float(torch.as_tensor(side.pixels[i : i + ACTIVATION_BATCH]))
                 with self.device.autocast():
                     out.append(
                         top.below(backbone, batch.flip(3) if mirrored else batch).to(
@@ -324,7 +345,7 @@ def setup_training(
         torch.get_num_threads(),
         processes,
         "images" if train_data.images else "features",
-        _where(device, on_device),
+        _where(device, on_device, train_data),
     )
     return TrainingSetup(
         config,
@@ -347,12 +368,14 @@ def _tensors(
     where they take at most its share of free memory (True), else in host memory; the
     dataset's own array is released."""
     sides = [Tensors.take(dataset, index) for _, index in split.sides()]
-    dataset.pixels = dataset.pixels[:0]  # the sides hold copies: not kept twice (-45 MB)
+    dataset.pixels = dataset.pixels[:0]  # the sides hold what they need: not kept twice
     on_device = device.holds(sum(side.pixels.nbytes for side in sides))
     if on_device:
         sides = [side.to(device.torch_device) for side in sides]
     return sides[0], sides[1], sides[2] if len(sides) > 2 else None, on_device
 
 
-def _where(device: Device, on_device: bool) -> str:
+def _where(device: Device, on_device: bool, data: Tensors) -> str:
+    if isinstance(data.pixels, CachedRows):
+        return "read from the decode cache (memory-mapped)"
     return f"kept on {device.torch_device}" if on_device else "streamed from host memory"

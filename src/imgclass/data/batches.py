@@ -9,8 +9,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from imgclass.data.cache import CachedRows
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -37,7 +41,7 @@ def epoch_order(
 
 
 def iterate_batches(
-    pixels: torch.Tensor,
+    pixels: torch.Tensor | CachedRows,
     labels: torch.Tensor,
     batch_size: int,
     *,
@@ -51,15 +55,17 @@ def iterate_batches(
 
     shard: cuts the order into this process's index batches (distributed.Context.batches, its
     slice of each global batch); default: consecutive batches of batch_size.
-    Pixels (and labels) may live on a GPU, kept there when they fit: batches are then made
-    there (CPU indices index a GPU tensor).
+    Pixels may be the decode cache's memory-mapped rows (data/cache.CachedRows), or (with the
+    labels) live on a GPU, kept there when they fit: batches are then made there (CPU indices
+    index a GPU tensor).
     """
     order = torch.arange(len(labels)) if order is None else order
     for index in shard(order, batch_size) if shard else order.split(batch_size):
+        rows = torch.as_tensor(pixels[index])  # (the cache's rows gather into a new array)
         if augment is None:
-            yield to_float(pixels[index]), labels[index]
+            yield to_float(rows), labels[index]
         else:
-            yield augment(pixels[index], labels[index])
+            yield augment(rows, labels[index])
 
 
 def prefetch(batches: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:

@@ -3,6 +3,12 @@
 The store is content-addressed: `<cache>/decoded/<H>x<W>/<digest>.npy` holds the pixels of some
 files and `<digest>.json` their sha256 hashes (and the reasons for those that failed to decode).
 A later run decodes only the contents no shard holds yet; an unchanged data set decodes nothing.
+
+The store is also what training reads: `load_images` gives `CachedRows`, the manifest's rows in
+the memory-mapped shards, and indexing them gathers a batch. No process holds a private copy of
+the data set: the page cache keeps what fits, shared by every process on the machine, and the
+disk serves the rest. New contents are decoded and written a shard at a time (`SHARD_BYTES`), so
+decoding's own memory does not grow with the data either.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +37,7 @@ from imgclass.runtime import available_memory, usable_cores
 log = logging.getLogger(__name__)
 
 _PARALLEL_FROM = 64  # fewer files than this decode in-process: a pool costs more than it saves
+SHARD_BYTES = 256 * 2**20  # pixels decoded (and held) at a time, written as one shard
 
 
 def default_cache_dir() -> Path:
@@ -40,9 +48,51 @@ def default_cache_dir() -> Path:
     return Path(base) / "imgclass"
 
 
+class CachedRows:
+    """(N, H, W, 3) uint8 images in the cache's memory-mapped shards, read where they lie.
+
+    Indexing (an int, a slice, an index array or CPU tensor) gathers those rows into a new array;
+    `take` is a subset without reading anything. `np.asarray(rows)` reads them all."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, arrays: list[np.ndarray], shard: np.ndarray, row: np.ndarray, image: tuple):
+        self.arrays = arrays  # the shards' memory maps
+        self.shard, self.row = shard, row  # where each row lies: arrays[shard[i]][row[i]]
+        self.shape = (len(row), *image)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def take(self, index: np.ndarray) -> CachedRows:
+        index = np.asarray(index)
+        return CachedRows(self.arrays, self.shard[index], self.row[index], self.shape[1:])
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        if index.ndim == 0:
+            return self[index[None]][0]
+        shard, row = self.shard[index], self.row[index]
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        for s in np.unique(shard):
+            chosen = shard == s
+            out[chosen] = self.arrays[s][row[chosen]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
 @dataclass
 class DecodedImages:
-    pixels: np.ndarray  # (n_ok, H, W, 3) uint8, rows in manifest order of the decodable files
+    pixels: CachedRows | np.ndarray  # (n_ok, H, W, 3) uint8 rows of the decodable files in
+    # manifest order (features.py: float features in memory)
     ok: np.ndarray  # (n_items,) bool: which manifest items decoded
     failures: dict[int, str]  # manifest index -> reason, for the items that did not
     decoded_now: int  # how many contents this call decoded (0 on a warm cache)
@@ -86,6 +136,7 @@ class Shards:
         npy = self.folder / f"{digest}.npy"
         atomic.write_with(npy, lambda tmp: _write_npy(tmp, pixels))
         atomic.write_json(npy.with_suffix(".json"), {"sha256": shas, "failed": failed})
+        pixels = np.load(npy, mmap_mode="r")  # read from the file from now on, not memory
         for row, sha in enumerate(shas):
             self.rows[sha] = (pixels, row)
         self.failed.update(failed)
@@ -105,12 +156,15 @@ def load_images(
     limit, not on the content, so it is not remembered (a higher limit later decodes them).
     announce: log how many images are decoded now (a caller working in chunks says it once).
     """
-    shards = Shards(Path(cache_dir or default_cache_dir()) / "decoded" / f"{size}x{size}")
+    folder = Path(cache_dir or default_cache_dir()) / "decoded" / f"{size}x{size}"
+    shards = Shards(folder)
     todo: dict[str, str] = {}  # sha -> one path holding that content
     for item in manifest.items:
         if item.sha256 not in shards.rows and item.sha256 not in shards.failed:
             todo.setdefault(item.sha256, str(manifest.absolute(item)))
-    _check_memory(len(manifest.items), len(todo), size)
+    one = size * size * 3
+    per_shard = max(1, SHARD_BYTES // one)
+    _check_space(len(todo), min(len(todo), per_shard), size, folder)
     if todo:
         log.log(
             logging.INFO if announce else logging.DEBUG,
@@ -119,9 +173,12 @@ def load_images(
             size,
             size,
         )
-        results = _decode_all(list(todo.values()), size, workers, max_pixels)
-        good = [(sha, r) for sha, r in zip(todo, results) if not isinstance(r, str)]
-        failed = {sha: r for sha, r in zip(todo, results) if isinstance(r, str)}
+    pending = list(todo.items())
+    for start in range(0, len(pending), per_shard):
+        part = pending[start : start + per_shard]
+        results = _decode_all([path for _, path in part], size, workers, max_pixels)
+        good = [(sha, r) for (sha, _), r in zip(part, results) if not isinstance(r, str)]
+        failed = {sha: r for (sha, _), r in zip(part, results) if isinstance(r, str)}
         too_large = {sha: r for sha, r in failed.items() if r.startswith(REASON_TOO_MANY_PIXELS)}
         remembered = {sha: r for sha, r in failed.items() if sha not in too_large}
         if good or remembered:
@@ -129,34 +186,47 @@ def load_images(
                 np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
             )
             shards.add([sha for sha, _ in good], pixels, remembered)
+            del pixels, results, good  # the shard holds them now
         shards.failed.update(too_large)  # for this call only
     ok = np.array([item.sha256 in shards.rows for item in manifest.items], dtype=bool)
-    out = np.empty((int(ok.sum()), size, size, 3), np.uint8)
-    failures: dict[int, str] = {}
-    row = 0
-    for index, item in enumerate(manifest.items):
-        if ok[index]:
-            source, source_row = shards.rows[item.sha256]
-            out[row] = source[source_row]
-            row += 1
-        else:
-            failures[index] = shards.failed[item.sha256]
-    return DecodedImages(out, ok, failures, len(todo))
+    failures = {
+        index: shards.failed[item.sha256]
+        for index, item in enumerate(manifest.items)
+        if not ok[index]
+    }
+    arrays: list[np.ndarray] = []
+    number: dict[int, int] = {}  # id of a shard's memory map -> its place in arrays
+    where = np.zeros((int(ok.sum()), 2), np.int64)
+    kept = (item for index, item in enumerate(manifest.items) if ok[index])
+    for i, item in enumerate(kept):
+        array, row = shards.rows[item.sha256]
+        where[i] = number.setdefault(id(array), len(number)), row
+        if len(arrays) < len(number):
+            arrays.append(array)
+    rows = CachedRows(arrays, where[:, 0], where[:, 1], (size, size, 3))
+    return DecodedImages(rows, ok, failures, len(todo))
 
 
-def _check_memory(images: int, new: int, size: int) -> None:
-    """MemoryError with the figures, before anything is decoded or cached, when `images`
-    decoded images at `size`, and the `new` ones among them a second time while they are
-    decoded, would not fit in the memory available (training's copies come on top)."""
+def _check_space(new: int, at_once: int, size: int, folder: Path) -> None:
+    """Before anything is decoded: OSError with the figures when the `new` images decoded at
+    `size` would not fit on the cache's disk, MemoryError when the `at_once` decoded together
+    (a shard, held twice while it is stacked) would not fit in the memory available."""
     one = size * size * 3
-    need = (images + new) * one
+    disk = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(disk).free
+    if new * one > free:
+        raise OSError(  # (no errno: the CLI shows the message alone)
+            f"{new} images decoded at {size}x{size} px take {new * one / 1e9:.1f} GB in the "
+            f"cache ({folder}), but its disk has {free / 1e9:.1f} GB free: choose a smaller "
+            "--image-size or another --cache-dir",
+        )
+    need = 2 * at_once * one
     available = available_memory()
     if available is not None and need > available:
         raise MemoryError(
-            f"{images} images decoded at {size}x{size} px take "
-            f"{images * one / 1e9:.1f} GB ({need / 1e9:.1f} GB while {new} are "
-            f"decoded), but {available / 1e9:.1f} GB of memory is available: "
-            "choose a smaller --image-size"
+            f"images decoded at {size}x{size} px take {one / 1e9:.1f} GB each ({need / 1e9:.1f}"
+            f" GB while {at_once} are decoded together), but {available / 1e9:.1f} GB of memory "
+            "is available: choose a smaller --image-size"
         )
 
 
