@@ -37,7 +37,7 @@ from imgclass.runtime import available_memory, usable_cores
 log = logging.getLogger(__name__)
 
 _PARALLEL_FROM = 64  # fewer files than this decode in-process: a pool costs more than it saves
-SHARD_BYTES = 256 * 2**20  # pixels decoded (and held) at a time, written as one shard
+SHARD_BYTES = 32 * 2**20  # pixels decoded (and held, twice while stacked) at a time: one shard
 
 
 def default_cache_dir() -> Path:
