@@ -58,7 +58,6 @@ def test_undecodable_files_are_reported_and_remembered(class_tree, tmp_path):
 
 
 def test_parallel_and_serial_decoding_agree(class_tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "_PARALLEL_FROM", 1)
     parallel = load_images(scan_folder(class_tree), 16, tmp_path / "p", workers=2)
     serial = load_images(scan_folder(class_tree), 16, tmp_path / "s", workers=1)
     np.testing.assert_array_equal(parallel.pixels, serial.pixels)

@@ -164,6 +164,7 @@ def load_images(
             todo.setdefault(item.sha256, str(manifest.absolute(item)))
     one = size * size * 3
     per_shard = max(1, SHARD_BYTES // one)
+    workers = 1 if len(todo) < _PARALLEL_FROM else workers or usable_cores()
     _check_space(len(todo), min(len(todo), per_shard), size, folder)
     if todo:
         log.log(
@@ -231,10 +232,9 @@ def _check_space(new: int, at_once: int, size: int, folder: Path) -> None:
 
 
 def _decode_all(
-    paths: list[str], size: int, workers: int | None, max_pixels: int
+    paths: list[str], size: int, workers: int, max_pixels: int
 ) -> list[np.ndarray | str]:
-    workers = workers or usable_cores()
-    if workers <= 1 or len(paths) < _PARALLEL_FROM:
+    if workers <= 1 or len(paths) == 1:
         return [_decode_one(p, size, max_pixels) for p in paths]
     # Threads, not processes: Pillow releases the GIL while it decodes and resizes, and threads
     # need no bootstrapping of __main__ (scripts, notebooks) nor fork a multi-threaded process.
