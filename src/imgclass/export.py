@@ -95,7 +95,6 @@ def export_onnx(
             f"{out}: ONNX Runtime differs from PyTorch by {difference:.2g} "
             f"(> {TOLERANCE}); not kept"
         )
-    metrics_file = run / rundir.METRICS
     atomic.write_json(
         metadata_path(out),
         {
@@ -114,7 +113,7 @@ def export_onnx(
                 "meaning": "softmax probabilities in the order of `classes`"
                 + (" (image and mirror averaged)" if meta.tta_flip else ""),
             },
-            "metrics": atomic.read_json(metrics_file) if metrics_file.is_file() else None,
+            "metrics": rundir.metrics(run),
             "source_run": str(run.resolve()),
             "weights_sha256": weights_digest(run),  # which weights: see current_export
             "onnx_sha256": file_sha256(out),  # the file's own bytes: see check_onnx

@@ -242,7 +242,7 @@ def build_report(run_dir: str | os.PathLike) -> tuple[str, list[str]]:
     train_config = _train_config(config)
     root, gone = data_folder(config)
     metrics = _read_json(run_dir / rundir.METRICS, missing, "summary") or {}
-    model = _read_json(run_dir / "model.json", missing, "configuration") or {}
+    model = _read_json(run_dir / rundir.METADATA, missing, "configuration") or {}
     scan = _read_json(run_dir / rundir.SCAN, missing, "data summary")
     skipped = None if scan else _read_json(run_dir / rundir.SKIPPED, missing, "data summary")
 

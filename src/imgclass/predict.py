@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from imgclass import atomic, rundir, runtime
+from imgclass import rundir, runtime
 from imgclass.checkpoint import load_model, read_meta
 from imgclass.data.batches import to_float
 from imgclass.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, resize_image
@@ -144,8 +144,7 @@ class Predictor:
                 loaded = load_model(self.source)
                 self.meta = replace(loaded.meta, tta_flip=tta_flip)
                 self.model = loaded.model.to(self.device.torch_device)
-            metrics_file = self.source / rundir.METRICS
-            self.metrics = atomic.read_json(metrics_file) if metrics_file.is_file() else None
+            self.metrics = rundir.metrics(self.source)
         self.classes = self.meta.classes
 
     def _run_export(self, backend: str, tta_flip: bool) -> Path | None:

@@ -49,28 +49,37 @@ def default_cache_dir() -> Path:
 
 
 class CachedRows:
-    """(N, H, W, 3) uint8 images in the cache's memory-mapped shards, read where they lie.
+    """Rows in the cache's memory-mapped shards, read where they lie: (N, H, W, 3) uint8 images
+    (or a backbone's float features, data/features.py).
 
     Indexing (an int, a slice, an index array or CPU tensor) gathers those rows into a new array;
     `take` is a subset without reading anything. `np.asarray(rows)` reads them all."""
 
-    dtype = np.dtype(np.uint8)
-
-    def __init__(self, arrays: list[np.ndarray], shard: np.ndarray, row: np.ndarray, image: tuple):
+    def __init__(
+        self,
+        arrays: list[np.ndarray],
+        shard: np.ndarray,
+        row: np.ndarray,
+        image: tuple,
+        dtype: np.dtype | type = np.uint8,
+    ):
         self.arrays = arrays  # the shards' memory maps
         self.shard, self.row = shard, row  # where each row lies: arrays[shard[i]][row[i]]
         self.shape = (len(row), *image)
+        self.dtype = np.dtype(dtype)
 
     def __len__(self) -> int:
         return len(self.row)
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape))
+        return int(np.prod(self.shape)) * self.dtype.itemsize
 
     def take(self, index: np.ndarray) -> CachedRows:
         index = np.asarray(index)
-        return CachedRows(self.arrays, self.shard[index], self.row[index], self.shape[1:])
+        return CachedRows(
+            self.arrays, self.shard[index], self.row[index], self.shape[1:], self.dtype
+        )
 
     def __getitem__(self, index) -> np.ndarray:
         index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
@@ -111,12 +120,13 @@ def _decode_one(path: str, size: int, max_pixels: int) -> np.ndarray | str:
 
 
 class Shards:
-    """The shards of one folder: sha256 -> a row (memory-mapped: pixels, or features) or the
-    reason it failed to decode."""
+    """The shards of one folder, each memory-mapped (`arrays`: pixels, or features): sha256 ->
+    (shard number, row), or the reason it failed to decode."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.rows: dict[str, tuple[np.ndarray, int]] = {}
+        self.arrays: list[np.ndarray] = []
+        self.rows: dict[str, tuple[int, int]] = {}
         self.failed: dict[str, str] = {}
         for index_file in sorted(folder.glob("*.json")):
             try:
@@ -125,8 +135,7 @@ class Shards:
             except (OSError, ValueError) as err:
                 log.warning("cache shard %s unreadable (%s): ignored", index_file, err)
                 continue
-            for row, sha in enumerate(index["sha256"]):
-                self.rows[sha] = (pixels, row)
+            self._index(index["sha256"], pixels)
             self.failed.update(index["failed"])
 
     def add(self, shas: list[str], pixels: np.ndarray, failed: dict[str, str]) -> None:
@@ -136,10 +145,19 @@ class Shards:
         npy = self.folder / f"{digest}.npy"
         atomic.write_with(npy, lambda tmp: _write_npy(tmp, pixels))
         atomic.write_json(npy.with_suffix(".json"), {"sha256": shas, "failed": failed})
-        pixels = np.load(npy, mmap_mode="r")  # read from the file from now on, not memory
-        for row, sha in enumerate(shas):
-            self.rows[sha] = (pixels, row)
+        self._index(shas, np.load(npy, mmap_mode="r"))  # read from the file now, not memory
         self.failed.update(failed)
+
+    def _index(self, shas: list[str], array: np.ndarray) -> None:
+        for row, sha in enumerate(shas):
+            self.rows[sha] = (len(self.arrays), row)
+        self.arrays.append(array)
+
+    def rows_of(self, shas: list[str], shape: tuple, dtype: np.dtype | type) -> CachedRows:
+        """The rows of these contents (each in the store), where they lie; a row's shape and
+        dtype."""
+        where = np.array([self.rows[sha] for sha in shas], np.int64).reshape(-1, 2)
+        return CachedRows(self.arrays, where[:, 0], where[:, 1], shape, dtype)
 
 
 def load_images(
@@ -195,17 +213,8 @@ def load_images(
         for index, item in enumerate(manifest.items)
         if not ok[index]
     }
-    arrays: list[np.ndarray] = []
-    number: dict[int, int] = {}  # id of a shard's memory map -> its place in arrays
-    where = np.zeros((int(ok.sum()), 2), np.int64)
-    kept = (item for index, item in enumerate(manifest.items) if ok[index])
-    for i, item in enumerate(kept):
-        array, row = shards.rows[item.sha256]
-        where[i] = number.setdefault(id(array), len(number)), row
-        if len(arrays) < len(number):
-            arrays.append(array)
-    rows = CachedRows(arrays, where[:, 0], where[:, 1], (size, size, 3))
-    return DecodedImages(rows, ok, failures, len(todo))
+    kept = [item.sha256 for item, decoded in zip(manifest.items, ok) if decoded]
+    return DecodedImages(shards.rows_of(kept, (size, size, 3), np.uint8), ok, failures, len(todo))
 
 
 def _check_space(new: int, at_once: int, size: int, folder: Path) -> None:

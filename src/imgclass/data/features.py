@@ -185,12 +185,8 @@ def load_features(
                     store.add(good, extract(model, images.pixels, device, session), {})
                 bar.update(len(chunk))
     ok = np.array([item.sha256 in store.rows for item in manifest.items], dtype=bool)
-    rows = [store.rows[item.sha256] for item, kept in zip(manifest.items, ok) if kept]
-    features = (
-        np.stack([source[row] for source, row in rows])
-        if rows
-        else np.zeros((0, model.net.num_features), np.float32)
-    )
+    kept = [item.sha256 for item, decoded in zip(manifest.items, ok) if decoded]
+    features = np.asarray(store.rows_of(kept, (model.net.num_features,), np.float32))
     failures = {
         index: failed[item.sha256] for index, item in enumerate(manifest.items) if not ok[index]
     }

@@ -51,6 +51,13 @@ def join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Found:
     """A file the walk found, or an entry it skipped (`reason`)."""
@@ -71,10 +78,7 @@ class Child:
 
     @property
     def is_dir(self) -> bool:
-        try:
-            return self.entry.is_dir()  # follows links
-        except OSError:
-            return False
+        return _is_dir(self.entry)
 
     @property
     def is_file(self) -> bool:
@@ -112,7 +116,7 @@ class Walk:
         for name, entry in sorted(named.items()):
             child = join(rel, name)
             if is_os_junk([name]):
-                junk = REASON_JUNK_FOLDER if Child(name, entry, folder_real).is_dir else REASON_JUNK
+                junk = REASON_JUNK_FOLDER if _is_dir(entry) else REASON_JUNK
                 yield Found(child, Path(entry.path), reason=junk)
                 continue
             real = self._follow(entry, child, folder_real)
