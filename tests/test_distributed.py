@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,9 @@ from imgclass.data.batches import epoch_order, iterate_batches
 from imgclass.distributed import Context, batch_bounds
 from imgclass.training import train
 from tests.conftest import make_class_tree
-from tests.test_training import RUN_FILES
+from tests.test_resume import AUGMENT, _in_second_epoch
+from tests.test_resume import OPTIONS as RESUME_OPTIONS
+from tests.test_training import RUN_FILES, assert_same_results
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -177,3 +182,132 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         for key, tolerance in TOLERANCE.items():
             assert abs(a[key] - b[key]) <= tolerance, (key, one, two)
     assert two[-1]["val_acc"] >= 0.9, "three solid colours must be easy to tell apart"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_machines(per_rank: list[list[str]], logs: Path) -> list[subprocess.Popen]:
+    """`python -m imgclass train` as ranks 0 and 1 of two one-process machines (each local rank
+    0 of its own), started as torchrun's agents on two machines start them: rank r gets
+    per_rank[r] as its arguments (its own --out and --cache-dir: no folder is shared). Their
+    output goes to LOGS/rank{r}.txt (a pipe nobody reads while waiting could fill and block)."""
+    port = str(_free_port())
+    base = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    processes = []
+    for rank, args in enumerate(per_rank):
+        with open(logs / f"rank{rank}.txt", "w") as output:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "imgclass", "train", *args],
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=base
+                    | {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+                    | {"LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                )
+            )
+    return processes
+
+
+def _ended(
+    processes: list[subprocess.Popen], logs: Path, expected: int = 0
+) -> list[tuple[int, str]]:
+    """(return code, output) of each; once one ends otherwise than `expected` the others are
+    killed (they would wait for it at their next collective for distributed.TIMEOUT), as
+    torchrun's agent does."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+        if any(p.poll() not in (None, expected) for p in processes):
+            break
+        time.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    return [
+        (p.returncode, (logs / f"rank{rank}.txt").read_text()) for rank, p in enumerate(processes)
+    ]
+
+
+class _Machines:
+    """Two one-process machines (rank 0 and rank 1) training the same data, each with its own
+    --out and --cache-dir under `root`: no folder is shared."""
+
+    OPTIONS = {**RESUME_OPTIONS, **AUGMENT, "batch_size": 8}
+
+    def __init__(self, root: Path):
+        self.root, self.data = root, make_class_tree(root / "data", per_class=80, size=16)
+        self.caches = [f"--cache-dir={root / f'cache{rank}'}" for rank in (0, 1)]
+
+    def new_run(self, name: str, logs: Path) -> list[subprocess.Popen]:
+        options = [str(x) for k, v in self.OPTIONS.items() for x in (f"--{k.replace('_', '-')}", v)]
+        return _two_machines(
+            [
+                [str(self.data), "--out", str(logs / f"{name}{r}"), self.caches[r], *options]
+                for r in (0, 1)
+            ],
+            logs,
+        )
+
+    def resume(self, name: str, logs: Path) -> None:
+        """Both ranks resume, each given the run folder of its own machine: rank 1's does not
+        exist (rank 0's configuration, split and checkpoint reach it through the group)."""
+        resumed = _two_machines(
+            [["--resume", str(logs / f"{name}{r}"), self.caches[r]] for r in (0, 1)], logs
+        )
+        for code, output in _ended(resumed, logs):
+            assert code == 0, output[-3000:]
+        assert not (logs / f"{name}1").exists(), "rank 1 writes nothing"
+
+
+@pytest.fixture(scope="module")
+def machines(tmp_path_factory) -> _Machines:
+    """The machines, and their uninterrupted run (root/reference0) filling both caches."""
+    machines = _Machines(tmp_path_factory.mktemp("machines"))
+    for code, output in _ended(machines.new_run("reference", machines.root), machines.root):
+        assert code == 0, output[-3000:]
+    assert not (machines.root / "reference1").exists(), "rank 1 writes nothing"
+    for rank in (0, 1):
+        assert list((machines.root / f"cache{rank}").iterdir()), "each fills its own cache"
+    return machines
+
+
+@pytest.mark.slow
+def test_two_machines_without_a_shared_disk_resume_a_killed_run(machines, tmp_path):
+    """Both killed in epoch 2, then resumed: the run ends bit for bit where the uninterrupted
+    one ends."""
+    processes = machines.new_run("run", tmp_path)
+    _in_second_epoch(processes[0], tmp_path / "run0")
+    for process in processes:
+        process.kill()
+    _ended(processes, tmp_path)
+    run = tmp_path / "run0"
+    assert not (run / "metrics.json").exists()
+    assert len(json.loads((run / "checkpoint.json").read_text())["history"]) < 3
+    machines.resume("run", tmp_path)
+    assert_same_results(machines.root / "reference0", run)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_one_machine_stops_both_together(machines, tmp_path):
+    """Ctrl-C on rank 1 alone (the terminal of one machine): both ranks leave the epoch at the
+    same step, go back to rank 0's checkpoint of the last completed epoch, rank 0 writes the
+    interrupted run, both exit 130; resumed, it ends where the uninterrupted one ends."""
+    processes = machines.new_run("run", tmp_path)
+    _in_second_epoch(processes[0], tmp_path / "run0")
+    processes[1].send_signal(signal.SIGINT)
+    ended = _ended(processes, tmp_path, expected=130)
+    for code, output in ended:
+        assert code == 130, output[-3000:]
+    assert "Interrupted: the run ends with epoch" in ended[0][1]
+    run = tmp_path / "run0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    saved = json.loads((run / "checkpoint.json").read_text())["epoch"]
+    assert metrics["interrupted"] is True and metrics["final_epoch"] == saved < 3
+    assert not (tmp_path / "run1").exists()
+    machines.resume("run", tmp_path)
+    assert_same_results(machines.root / "reference0", run)

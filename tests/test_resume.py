@@ -87,7 +87,8 @@ def _in_second_epoch(process: subprocess.Popen, run: Path) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"training ended early ({process.returncode}): {process.stderr.read()}")
+            output = process.stderr.read() if process.stderr else "(its output: see its log)"
+            pytest.fail(f"training ended early ({process.returncode}): {output}")
         summary = run / "checkpoint.json"
         if summary.is_file():  # written atomically: complete whenever it is there
             seconds = json.loads(summary.read_text())["history"][0]["seconds"]
@@ -163,6 +164,10 @@ def test_resume_refuses_other_options_finished_runs_and_changed_data(tmp_path):
     assert result.exit_code == 1 and "Error:" in result.output and "leave out lr" in result.output
     with pytest.raises(FileExistsError, match="finished already"):
         train(resume=run)
+    result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "absent")])
+    assert (
+        result.exit_code == 1 and f"Error: {tmp_path / 'absent'}: no such folder" in result.output
+    )
 
     (run / "metrics.json").unlink()  # as if killed while writing the run files
     with pytest.raises(FileExistsError, match="unfinished run; continue it with --resume"):

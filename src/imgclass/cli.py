@@ -350,10 +350,11 @@ _DATA_DIR = _data_argument()
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
 @click.option(
     "--resume",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path),
     help="Continue the run in this folder from its last completed epoch, with its own "
     "recipe, options and data (give no other option but --cache-dir, "
-    "--no-export, --no-report and --keep-checkpoint).",
+    "--no-export, --no-report and --keep-checkpoint). Under torchrun, rank 0's folder: "
+    "the other machines need no copy of it.",
 )
 @click.option(
     "--keep-checkpoint",

@@ -6,8 +6,11 @@ the same way and draws the same epoch order (same seed, same "shuffle" stream); 
 own slice of every global batch (`Context.batches`), and DistributedDataParallel averages the
 gradients. `batch_size` is global: one optimiser step sees the same images as one process with
 that batch size. Validation runs on rank 0 and its figures are broadcast, so every rank
-takes the same early-stopping decision; only rank 0 writes the run directory. Without torchrun
-(or with one process) nothing here starts a process group and every helper is the identity.
+takes the same early-stopping decision; only rank 0 writes the run directory, and reads it:
+what the other ranks need of it (a resumed run's configuration, split and checkpoint, the
+checkpoint Ctrl-C goes back to) reaches them through the process group, so machines need no
+shared disk. Each machine's local rank 0 fills its own cache. Without torchrun (or with one
+process) nothing here starts a process group and every helper is the identity.
 """
 
 from __future__ import annotations
@@ -89,19 +92,25 @@ class Context:
         """Compute threads for this process: the cores shared by the processes on this machine."""
         return max(1, runtime.usable_cores() // self.local_world_size)
 
-    def start(self, device: torch.device) -> Context:
-        """Join the process group: NCCL between GPUs, gloo on CPUs. A no-op for one process."""
-        if not self.active:
+    def start(self) -> Context:
+        """Join the process group, before the run's configuration is known (on --resume only
+        rank 0 may hold it): gloo for tensors on the CPU, NCCL for those on a GPU where there
+        are GPUs. A no-op for one process."""
+        if not self.active or dist.is_initialized():  # a caller's own group: used, left running
             return self
-        if dist.is_initialized():  # the caller's own group: used, left running
-            nccl = dist.get_backend() == "nccl"
-            return dataclasses.replace(self, comm_device=device if nccl else self.comm_device)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", timeout=TIMEOUT, device_id=device)
-            return dataclasses.replace(self, comm_device=device, started=True)
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=TIMEOUT)
         return dataclasses.replace(self, started=True)
+
+    def on(self, device: torch.device) -> Context:
+        """The context of a process training on `device`: its collectives go through NCCL
+        where the group has it for that GPU, else through gloo on the CPU."""
+        if not self.active or device.type != "cuda":
+            return self
+        torch.cuda.set_device(device)
+        if "nccl" not in str(dist.get_backend()):
+            return self
+        return dataclasses.replace(self, comm_device=device)
 
     def stop(self) -> None:
         if self.started and dist.is_initialized():
@@ -168,12 +177,14 @@ class Context:
         return result
 
     @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (filling a cache), the other ranks after it (reading it)."""
-        if self.active and not self.is_main:
+    def local_main_first(self) -> Iterator[None]:
+        """Each machine's local rank 0 runs the block first (filling that machine's cache), the
+        other ranks after them (reading it)."""
+        first = self.local_rank == 0
+        if self.active and not first:
             dist.barrier()
         yield
-        if self.active and self.is_main:
+        if self.active and first:
             dist.barrier()
 
     def gather_rng(self, rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

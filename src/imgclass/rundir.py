@@ -89,6 +89,8 @@ def stored_config(run_dir: Path, parse: Callable[[dict], T]) -> tuple[T, dict]:
     TrainConfig): FileNotFoundError when it is no run, FileExistsError when it is finished,
     ValueError when the file is unreadable or `parse` refuses it."""
     path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such folder")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (is {run_dir} an imgclass run?)")
     if finished(run_dir):

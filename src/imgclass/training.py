@@ -126,10 +126,12 @@ def train_one_epoch(
     bar: tqdm,
     scaler: torch.amp.GradScaler | None = None,
     ranks: Context = distributed.SINGLE,
+    after_step: Callable[[], None] = lambda: None,
 ) -> tuple[float, float, float]:
     """One pass over the training batches -> (loss, accuracy, share of the time spent waiting).
 
     scaler: fp16 loss scaling (Device.grad_scaler). Loss and accuracy are over all ranks.
+    after_step: called after every optimiser step (under torchrun: where a Ctrl-C is taken).
     """
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     model.train()
@@ -153,6 +155,7 @@ def train_one_epoch(
             seen += n
             bar.update(n)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+            after_step()
     total_loss, correct, seen = ranks.sum([total_loss, correct, seen])
     return total_loss / seen, correct / seen, waited / (time.perf_counter() - start)
 
@@ -285,9 +288,9 @@ class _Loop:
             ranks,
         )
 
-    def epoch(self, epoch: int, progress: bool) -> EpochStats:
-        """One epoch: a training pass in this epoch's order, then validation (on rank 0; every
-        rank gets its numbers, so that all stop early together)."""
+    def epoch(self, epoch: int, progress: bool, after_step: Callable[[], None]) -> EpochStats:
+        """One epoch: a training pass in this epoch's order (after_step: after each step), then
+        validation (on rank 0; every rank gets its numbers, so that all stop early together)."""
         config, ranks, train_data = self.config, self.ranks, self.train_data
         _set_frozen(self.model, config, epoch)
         start = time.perf_counter()
@@ -323,6 +326,7 @@ class _Loop:
                 bar,
                 self.scaler,
                 ranks,
+                after_step,
             )
         finally:
             batches.close()  # the producer thread stops drawing from the streams
@@ -399,10 +403,11 @@ class _LastEpoch:
             save_checkpoint(self.folder, state)
 
     def state_after(self, completed: int) -> TrainingState | None:
-        """The state to go back to after `completed` epochs (None when there is none)."""
+        """The state to go back to after `completed` epochs (None when there is none): rank
+        0's checkpoint reaches the others through the process group."""
         if self.folder is None or not completed:
             return self.state
-        return load_checkpoint(self.folder)
+        return self.ranks.on_main(lambda: load_checkpoint(self.folder))
 
 
 def _log_epoch(stats: EpochStats, epochs: int) -> None:
@@ -442,7 +447,8 @@ def fit(
     on_epoch: called with each epoch's stats once its checkpoint is saved (TensorBoard, tune's
     pruning); an exception it raises ends the fit and propagates.
     Ctrl-C (KeyboardInterrupt) goes back to the last completed epoch and ends the fit there;
-    it is raised again only when no epoch was completed.
+    it is raised again only when no epoch was completed. Under torchrun a Ctrl-C that reaches
+    any rank is taken by all at the same point (`_together`).
     """
     if config.freeze_epochs and ranks.world_size > 1:  # DDP fixes the trained set at wrapping
         raise ValueError("--freeze-epochs does not work under torchrun yet: train in one process")
@@ -453,30 +459,34 @@ def fit(
     if resume is not None:
         history, stop = loop.restore(resume), resume.stop
         log.info("resuming after epoch %d of %d", resume.epoch, config.epochs)
-    try:
-        while not stop and len(history) < config.epochs:
-            stats = loop.epoch(len(history) + 1, progress)
-            history.append(stats)
-            _log_epoch(stats, config.epochs)
-            stop = loop.stopper.should_stop(stats.epoch, stats.val_loss, model)
-            last.keep(loop.capture(history, stop, copy_tensors=last.in_memory))
-            if on_epoch is not None:
-                on_epoch(stats)
-            if stop:
-                log.info(
-                    "early stopping: validation loss has not improved for %d epochs",
-                    config.patience,
-                )
-    except KeyboardInterrupt:
-        completed = last.state_after(len(history))
-        if completed is None:
-            raise
-        history, interrupted = loop.restore(completed), True
-        log.warning(
-            "interrupted: epoch %d abandoned, the run ends with epoch %d",
-            completed.epoch + 1,
-            completed.epoch,
-        )
+    with _ctrl_c(defer=True) if ranks.active else contextlib.nullcontext([]) as pressed:
+        together = functools.partial(_together, ranks, pressed)
+        try:
+            while not stop and len(history) < config.epochs:
+                stats = loop.epoch(len(history) + 1, progress, together)
+                history.append(stats)
+                _log_epoch(stats, config.epochs)
+                stop = loop.stopper.should_stop(stats.epoch, stats.val_loss, model)
+                last.keep(loop.capture(history, stop, copy_tensors=last.in_memory))
+                if on_epoch is not None:
+                    on_epoch(stats)
+                if stop:
+                    log.info(
+                        "early stopping: validation loss has not improved for %d epochs",
+                        config.patience,
+                    )
+                together()  # a Ctrl-C in validation or the checkpoint: the epoch is complete
+        except KeyboardInterrupt:
+            completed = last.state_after(len(history))
+            if completed is None:
+                raise
+            history, interrupted = loop.restore(completed), True
+            log.warning(
+                "interrupted: epoch %d abandoned, the run ends with epoch %d",
+                completed.epoch + 1,
+                completed.epoch,
+            )
+        pressed.clear()  # pressed again while going back: the same Ctrl-C (torchrun passes it on)
     kept = loop.stopper.restore(model, history[-1].epoch)
     if kept != history[-1].epoch:
         log.info(
@@ -487,17 +497,32 @@ def fit(
     return FitResult(history, kept, interrupted)
 
 
-def _resumed_state(folder: Path, config: TrainConfig) -> TrainingState | None:
-    """The checkpoint in `folder` to resume from (None: no completed epoch); CheckpointError
-    if it was written with another configuration."""
-    if not (folder / CHECKPOINT).exists():
-        return None
-    state = load_checkpoint(folder)
-    if state.config != config.to_dict():
-        raise CheckpointError(
-            f"{folder / CHECKPOINT}: written with another configuration than the run's config.json"
-        )
-    return state
+def _together(ranks: Context, pressed: list[int]) -> None:
+    """KeyboardInterrupt on every rank at once when Ctrl-C reached any of them since the last
+    call (`pressed`: its deferred presses). Every rank calls this at the same points of the
+    loop: a rank leaving where the others wait for it in a collective (the gradients' average,
+    validation's figures) would leave them waiting. One process: the press was raised already."""
+    if ranks.sum([len(pressed)])[0]:
+        pressed.clear()
+        raise KeyboardInterrupt
+
+
+def _resumed_state(folder: Path, config: TrainConfig, ranks: Context) -> TrainingState | None:
+    """The checkpoint in rank 0's `folder` to resume from, on every rank (None: no completed
+    epoch); CheckpointError if it was written with another configuration."""
+
+    def read() -> TrainingState | None:
+        if not (folder / CHECKPOINT).exists():
+            return None
+        state = load_checkpoint(folder)
+        if state.config != config.to_dict():
+            raise CheckpointError(
+                f"{folder / CHECKPOINT}: written with another configuration than the run's "
+                "config.json"
+            )
+        return state
+
+    return ranks.on_main(read)
 
 
 def _joined(first: FitResult, then: FitResult) -> FitResult:
@@ -582,20 +607,21 @@ def _report(run_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _ctrl_c(defer: bool) -> Iterator[None]:
+def _ctrl_c(defer: bool) -> Iterator[list[int]]:
     """Ctrl-C (SIGINT) over a block, never lost. defer: held until the block ends and raised
     then, so that what the block writes is whole. Else raised at once as usual, and raised again
     when the block ends if something inside swallowed it: Python only prints a KeyboardInterrupt
     that lands in a finaliser or a weakref callback, and torch's exporter runs many. Signals
     reach the main thread only: elsewhere, or when SIGINT has a handler of someone else's, this
-    does nothing."""
+    does nothing. Yields the presses held so far, for a block that takes them earlier itself
+    (and clears them)."""
+    pressed: list[int] = []
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
-        yield
+        yield pressed
         return
-    pressed: list[int] = []
 
     def on_sigint(signum, frame):
         pressed.append(signum)
@@ -604,7 +630,7 @@ def _ctrl_c(defer: bool) -> Iterator[None]:
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield
+        yield pressed
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pressed:
@@ -662,24 +688,25 @@ def train(
             {"data_dir": data_dir, "out": out, "recipe": recipe, "overwrite": overwrite or None}
             | overrides,
         )
-        run_dir = Path(resume)
-        config, stored = _stored_run(run_dir)
-        data_dir = Path(stored["data_dir"])
-    else:
-        config = build_config(recipe, **overrides)
-    ranks.check_batch_size(config.batch_size)
-    device = Device.select(config.precision, config.device, ranks.local_rank)
-    ranks = ranks.start(device.torch_device)
+    ranks = ranks.start()
     package_log = logging.getLogger("imgclass")
     level = package_log.level
     if not ranks.is_main:  # one console, rank 0's lines; the others' warnings and errors
         package_log.setLevel(logging.WARNING)
     try:
+        if resume is not None:  # rank 0's run folder: the others' may be on another machine
+            config, stored = ranks.on_main(lambda: _stored_run(Path(resume)))
+            run_dir, data_dir = Path(resume), Path(stored["data_dir"])
+        else:
+            config = build_config(recipe, **overrides)
+        ranks.check_batch_size(config.batch_size)
+        device = Device.select(config.precision, config.device, ranks.local_rank)
+        ranks = ranks.on(device.torch_device)
         if stored is not None:
             _warn_if_moved(run_dir, stored, device, ranks)
         else:
             if data_dir is None:
-                with ranks.main_first():
+                with ranks.local_main_first():
                     data_dir = digits_folder(cache_dir)
                 log.info("no data folder given: using the built-in digits data set (%s)", data_dir)
             data_dir = Path(data_dir)
@@ -793,16 +820,17 @@ def _train(
 ) -> TrainResult:
     """stored: the config.json of the run to resume, None for a new run."""
     started = time.perf_counter()
+    saved = functools.partial(_saved_split, run_dir, stored["classes"]) if stored else None
     setup = setup_training(
         data_dir,
         config,
         cache_dir,
         device,
         ranks=ranks,
-        split=functools.partial(_saved_split, run_dir, stored["classes"]) if stored else None,
+        split=saved and (lambda dataset: ranks.on_main(lambda: saved(dataset))),
         progress=progress,
     )
-    resume = _resumed_state(run_dir, config) if stored is not None else None
+    resume = _resumed_state(run_dir, config, ranks) if stored is not None else None
     if stored is not None and resume is None:
         log.info("%s: no completed epoch to resume from: starting at epoch 1", run_dir)
     # the pretrained weights are read unless the run resumes from a checkpoint (which has its
@@ -878,7 +906,8 @@ def _fit_stages(
     else:
         setup = setup.with_images()
     folder = run_dir / rundir.FINETUNE
-    folder.mkdir(exist_ok=True)
+    if ranks.is_main:
+        folder.mkdir(exist_ok=True)
     log.info(
         "fine-tuning %s for %d epochs (lr %.3g, backbone x %g)",
         f"the last {tuning.finetune_stages} stages" if tuning.finetune_stages else "every layer",
@@ -896,7 +925,7 @@ def _fit_stages(
         setup.num_classes,
         progress,
         checkpoint_dir=folder,
-        resume=_resumed_state(folder, tuning) if resuming else None,
+        resume=_resumed_state(folder, tuning, ranks) if resuming else None,
         ranks=ranks,
         on_epoch=on_epoch
         and (lambda stats: on_epoch(dataclasses.replace(stats, epoch=stats.epoch + offset))),

@@ -299,8 +299,9 @@ def setup_training(
     """The data of `data_dir` decoded at the recipe's size, split (the recipe's seeded,
     duplicate-aware stratified split, or `split(dataset)`: a resumed run's), as tensors on the
     device where they take at most its share of free memory (streamed from host memory else).
-    Under torchrun rank 0 decodes into the cache first, the others read it. cached_features:
-    the pretrained backbone is built (once the classes are known) and its features loaded."""
+    Under torchrun each machine's local rank 0 decodes into its cache first, the other ranks
+    read it. cached_features: the pretrained backbone is built (once the classes are known) and
+    its features loaded."""
     backbones: list[Backbone] = []
     load: Loader = load_images
     if config.cached_features:
@@ -319,7 +320,7 @@ def setup_training(
                 progress=progress and ranks.is_main,
             )
 
-    with ranks.main_first():
+    with ranks.local_main_first():
         dataset = load_data(data_dir, config, cache_dir, load)
     if split is not None:
         chosen = split(dataset)
