@@ -49,6 +49,7 @@ def test_transfer_run_caches_features_and_is_a_normal_run(data, tmp_path, caplog
     first = train(data, tmp_path / "first", cache_dir=cache, **OPTIONS)
     assert "extracting tf_efficientnet_lite0 features of 24 images at 32x32" in caplog.text
     assert "training its new head on the backbone's cached features" in caplog.text
+    assert "features read from the cache (memory-mapped)" in caplog.text  # no copy in memory
     [folder] = (cache / "features").glob("tf_efficientnet_lite0-*/32x32")
     assert (folder / ONNX_FILE).is_file()  # extracted by ONNX Runtime on the CPU
     config = json.loads((first.run_dir / "config.json").read_text())

@@ -45,9 +45,9 @@ ACTIVATION_BATCH = 64  # images per step of with_activations' forward pass
 
 @dataclass
 class Tensors:
-    """One side of the split: uint8 pixels (N, H, W, 3), read where the decode cache holds them
-    (CachedRows) or moved to a GPU; or a backbone's float features (N, num_features) or
-    activations (N, C, H, W); and int64 labels."""
+    """One side of the split: uint8 pixels (N, H, W, 3) or a backbone's float features
+    (N, num_features), read where the cache holds them (CachedRows) or moved to a GPU; or the
+    activations (N, C, H, W) under the stages being fine-tuned; and int64 labels."""
 
     pixels: torch.Tensor | CachedRows
     labels: torch.Tensor
@@ -66,7 +66,7 @@ class Tensors:
     @property
     def images(self) -> bool:
         """Images (augmented in training), not a backbone's features."""
-        return isinstance(self.pixels, CachedRows) or not self.pixels.is_floating_point()
+        return self.pixels.dtype in (np.uint8, torch.uint8)
 
     def to(self, device: torch.device) -> Tensors:
         """Moved once to the device: batches are then cut and augmented there. Rows of the
@@ -81,7 +81,7 @@ class Tensors:
 
 
 def _to_device(rows: CachedRows, device: torch.device, chunk: int = 1024) -> torch.Tensor:
-    out = torch.empty(rows.shape, dtype=torch.uint8, device=device)
+    out = torch.empty(rows.shape, dtype=torch.from_numpy(rows[:0]).dtype, device=device)
     for start in range(0, len(rows), chunk):
         out[start : start + chunk] = torch.from_numpy(rows[start : start + chunk]).to(device)
     return out
@@ -378,5 +378,5 @@ def _tensors(
 
 def _where(device: Device, on_device: bool, data: Tensors) -> str:
     if isinstance(data.pixels, CachedRows):
-        return "read from the decode cache (memory-mapped)"
+        return "read from the cache (memory-mapped)"
     return f"kept on {device.torch_device}" if on_device else "streamed from host memory"

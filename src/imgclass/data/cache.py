@@ -101,7 +101,7 @@ class CachedRows:
 @dataclass
 class DecodedImages:
     pixels: CachedRows | np.ndarray  # (n_ok, H, W, 3) uint8 rows of the decodable files in
-    # manifest order (features.py: float features in memory)
+    # manifest order (features.py: (n_ok, num_features) float32 rows)
     ok: np.ndarray  # (n_items,) bool: which manifest items decoded
     failures: dict[int, str]  # manifest index -> reason, for the items that did not
     decoded_now: int  # how many contents this call decoded (0 on a warm cache)

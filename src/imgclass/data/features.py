@@ -139,8 +139,10 @@ def load_features(
     device: Device,
     progress: bool = False,
 ) -> DecodedImages:
-    """load_images' counterpart: the features of every manifest item (in `pixels`), from the
-    cache where it has them; images that fail to decode fail here with the same reason. The
+    """load_images' counterpart: the features of every manifest item (in `pixels`: float32 rows
+    where they lie in the feature cache's memory-mapped shards, CachedRows, read a batch at a
+    time as images are), from the cache where it has them; images that fail to decode fail
+    here with the same reason. The
     missing ones are decoded (through the pixel cache) and extracted CHUNK at a time, so memory
     holds one chunk of pixels, not the data set's."""
     folder = feature_folder(model, size, cache_dir)
@@ -186,7 +188,7 @@ def load_features(
                 bar.update(len(chunk))
     ok = np.array([item.sha256 in store.rows for item in manifest.items], dtype=bool)
     kept = [item.sha256 for item, decoded in zip(manifest.items, ok) if decoded]
-    features = np.asarray(store.rows_of(kept, (model.net.num_features,), np.float32))
+    features = store.rows_of(kept, (model.net.num_features,), np.float32)
     failures = {
         index: failed[item.sha256] for index, item in enumerate(manifest.items) if not ok[index]
     }
