@@ -311,3 +311,26 @@ def test_ctrl_c_on_one_machine_stops_both_together(machines, tmp_path):
     assert not (tmp_path / "run1").exists()
     machines.resume("run", tmp_path)
     assert_same_results(machines.root / "reference0", run)
+
+
+@pytest.mark.slow
+def test_machines_with_other_data_are_refused_on_every_rank(tmp_path):
+    """Without a shared disk each machine reads its own copy of the data: one differing file
+    on rank 1's copy and both ranks stop with the reason, before anything is trained."""
+    ours = make_class_tree(tmp_path / "ours", per_class=6, size=8)
+    theirs = make_class_tree(tmp_path / "theirs", per_class=6, size=8)
+    (theirs / "red" / "red_000.jpg").write_bytes((theirs / "red" / "red_001.jpg").read_bytes())
+    options = ["--recipe", "seed", "--image-size", "8", "--epochs", "1", "--batch-size", "4"]
+    processes = _two_machines(
+        [
+            [str(data), "--out", str(tmp_path / f"run{r}"), f"--cache-dir={tmp_path / f'c{r}'}"]
+            + options
+            for r, data in enumerate((ours, theirs))
+        ],
+        tmp_path,
+    )
+    for rank, (code, output) in enumerate(_ended(processes, tmp_path, expected=1)):
+        assert code == 1, output[-3000:]
+        assert "1 of 2 processes loaded other data than rank 0" in output
+        assert ("this one among them" in output) == (rank == 1)
+    assert not (tmp_path / "run0" / "model.safetensors").exists()

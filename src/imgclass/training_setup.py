@@ -13,6 +13,8 @@ TrainingSetup.backbone holds the backbone the head goes back into.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -322,6 +324,7 @@ def setup_training(
 
     with ranks.local_main_first():
         dataset = load_data(data_dir, config, cache_dir, load)
+    _check_same_data(dataset, ranks)
     if split is not None:
         chosen = split(dataset)
     elif dataset.sides:  # split already: its folders are the sides (val_split is not used)
@@ -360,6 +363,27 @@ def setup_training(
         data_dir=data_dir,
         cache_dir=cache_dir,
     )
+
+
+def _check_same_data(dataset: Dataset, ranks: Context) -> None:
+    """DataError on every rank when any rank loaded other data than rank 0 (other classes,
+    files or contents, in another order): without a shared disk each machine reads its own copy,
+    and the ranks would split, shuffle and batch different images under the same indices."""
+    if not ranks.active:
+        return
+    digest = hashlib.sha256(
+        json.dumps(
+            [dataset.classes, dataset.paths, dataset.sha256, dataset.labels.tolist()]
+        ).encode()
+    ).hexdigest()
+    differs = ranks.on_main(lambda: digest) != digest
+    mismatched = int(ranks.sum([differs])[0])
+    if mismatched:
+        raise DataError(
+            f"{dataset.root}: {mismatched} of {ranks.world_size} processes loaded other data than "
+            f"rank 0 (other classes, files or contents{'; this one among them' if differs else ''})"
+            ": every machine needs the same files at this path (copy them, or share a disk)"
+        )
 
 
 def _tensors(
