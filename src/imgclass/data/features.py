@@ -4,7 +4,7 @@ The `transfer` recipe trains its new head on these. They are cached beside the d
 content-addressed as they are: `<cache>/features/<backbone>-<weights sha256[:16]>/<S>x<S>/`
 holds `<digest>.npy` (float32 rows) and `<digest>.json` (the sha256 of each row's file), so a
 later run with the same backbone, weights and image size decodes and extracts nothing. Only the
-images missing there are decoded (through the pixel cache) and run through the backbone.
+images missing there are decoded (into the pixel cache) and run through the backbone.
 
 On a CPU the backbone runs in ONNX Runtime (`features.onnx` in the same folder, exported once
 and checked against PyTorch): 2-3x eager PyTorch's speed on small CPUs (docs/performance.md).
@@ -22,7 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from imgclass.data.batches import to_float
-from imgclass.data.cache import DecodedImages, Shards, default_cache_dir, load_images
+from imgclass.data.cache import (
+    SHARD_BYTES,
+    CachedRows,
+    DecodedImages,
+    Shards,
+    default_cache_dir,
+    load_images,
+)
 from imgclass.data.images import DEFAULT_MAX_PIXELS
 from imgclass.data.scan import Manifest
 from imgclass.models.backbones import Backbone
@@ -33,7 +40,7 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "features.onnx"
 OUTPUT = "features"
 BATCH = 16  # images per backbone call
-CHUNK = 256  # images decoded, then extracted, at a time (224 px: 39 MB of pixels)
+CHUNK = 256  # images read from the pixel cache, then extracted, at a time (224 px: 39 MB)
 TOLERANCE = 1e-3  # largest difference tolerated between PyTorch's and ONNX Runtime's features,
 # relative to the largest feature
 
@@ -142,9 +149,9 @@ def load_features(
     """load_images' counterpart: the features of every manifest item (in `pixels`: float32 rows
     where they lie in the feature cache's memory-mapped shards, CachedRows, read a batch at a
     time as images are), from the cache where it has them; images that fail to decode fail
-    here with the same reason. The
-    missing ones are decoded (through the pixel cache) and extracted CHUNK at a time, so memory
-    holds one chunk of pixels, not the data set's."""
+    here with the same reason. The missing ones are decoded into the pixel cache (load_images:
+    its shards, no copy in memory), then extracted CHUNK at a time and written a shard of
+    cache.SHARD_BYTES at a time."""
     folder = feature_folder(model, size, cache_dir)
     store = Shards(folder)
     todo = list(
@@ -161,31 +168,17 @@ def load_features(
             size,
             size,
         )
-        session = (
-            OnnxFeatures.open(model, size, folder) if device.torch_device.type == "cpu" else None
+        images = load_images(
+            dataclasses.replace(manifest, items=todo, skipped=[]),
+            size,
+            cache_dir,
+            max_pixels=max_pixels,
         )
-        with tqdm(
-            total=len(todo),
-            unit="img",
-            desc="features",
-            leave=False,
-            disable=None if progress else True,
-        ) as bar:
-            for start in range(0, len(todo), CHUNK):
-                chunk = todo[start : start + CHUNK]
-                images = load_images(
-                    dataclasses.replace(manifest, items=chunk, skipped=[]),
-                    size,
-                    cache_dir,
-                    max_pixels=max_pixels,
-                    announce=False,
-                )
-                decoded_now += images.decoded_now
-                good = [item.sha256 for item, ok in zip(chunk, images.ok) if ok]
-                failed.update({chunk[i].sha256: reason for i, reason in images.failures.items()})
-                if good:
-                    store.add(good, extract(model, images.pixels, device, session), {})
-                bar.update(len(chunk))
+        decoded_now = images.decoded_now
+        failed = {todo[i].sha256: reason for i, reason in images.failures.items()}
+        good = [item.sha256 for item, ok in zip(todo, images.ok) if ok]
+        if good:
+            _extract_into(store, good, images.pixels, model, device, progress)
     ok = np.array([item.sha256 in store.rows for item in manifest.items], dtype=bool)
     kept = [item.sha256 for item, decoded in zip(manifest.items, ok) if decoded]
     features = store.rows_of(kept, (model.net.num_features,), np.float32)
@@ -193,3 +186,38 @@ def load_features(
         index: failed[item.sha256] for index, item in enumerate(manifest.items) if not ok[index]
     }
     return DecodedImages(features, ok, failures, decoded_now)
+
+
+def _extract_into(
+    store: Shards,
+    shas: list[str],
+    pixels: CachedRows,
+    model: Backbone,
+    device: Device,
+    progress: bool,
+) -> None:
+    """The features of `pixels` (the images of `shas`) into `store`: CHUNK images read and
+    extracted at a time, a shard written every cache.SHARD_BYTES of features (an interrupted
+    extraction keeps the shards written)."""
+    session = (
+        OnnxFeatures.open(model, pixels.shape[1], store.folder)
+        if device.torch_device.type == "cpu"
+        else None
+    )
+    per_shard = max(CHUNK, SHARD_BYTES // (model.net.num_features * 4))
+    with tqdm(
+        total=len(shas),
+        unit="img",
+        desc="features",
+        leave=False,
+        disable=None if progress else True,
+    ) as bar:
+        for start in range(0, len(shas), per_shard):
+            end = min(start + per_shard, len(shas))
+            parts = []
+            for first in range(start, end, CHUNK):
+                parts.append(
+                    extract(model, pixels[first : min(first + CHUNK, end)], device, session)
+                )
+                bar.update(len(parts[-1]))
+            store.add(shas[start:end], np.concatenate(parts), {})
