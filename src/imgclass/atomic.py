@@ -81,8 +81,16 @@ def write_text(dest: str | os.PathLike, text: str, *, sync_dir: bool = False) ->
 
 
 def write_json(dest: str | os.PathLike, value: Any, *, sync_dir: bool = False) -> None:
-    # ASCII escapes: a path with non-UTF-8 bytes (a lone surrogate in Python) still writes
-    write_text(dest, json.dumps(value, indent=2, ensure_ascii=True) + "\n", sync_dir=sync_dir)
+    """Streamed to the file: no copy of the whole text in memory (split.json of 200k images
+    is ~25 MB of text). ASCII escapes: a path with non-UTF-8 bytes (a lone surrogate in
+    Python) still writes."""
+
+    def dump(path: Path) -> None:
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            json.dump(value, f, indent=2, ensure_ascii=True)
+            f.write("\n")
+
+    write_with(dest, dump, sync_dir=sync_dir)
 
 
 def read_json(path: str | os.PathLike) -> Any:
