@@ -188,17 +188,10 @@ def main() -> None:
     parser.add_argument("train", nargs="*", help="options for imgclass train (after --)")
     args = parser.parse_args()
     options = args.train or DEFAULT_TRAIN
-    flags = next(
-        (
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ),
-        "",
-    )
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    print(f"cpu flags: {' '.join(f for f in wanted if f' {f}' in flags)}; cores {os.cpu_count()}")
-    print(f"load average before: {os.getloadavg()}; train options: {' '.join(options)}")
+    from imgclass.runtime import describe_cpu
+
+    print(describe_cpu())  # the CPU, its flags and the load average: the figures' context
+    print(f"train options: {' '.join(options)}")
     rows = []
     for n in args.sizes:
         data = make_set(args.work / f"set-{n}", n)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -371,11 +370,12 @@ def _check_same_data(dataset: Dataset, ranks: Context) -> None:
     and the ranks would split, shuffle and batch different images under the same indices."""
     if not ranks.active:
         return
-    digest = hashlib.sha256(
-        json.dumps(
-            [dataset.classes, dataset.paths, dataset.sha256, dataset.labels.tolist()]
-        ).encode()
-    ).hexdigest()
+    hashed = hashlib.sha256(dataset.labels.tobytes())
+    for texts in (dataset.classes, dataset.paths, dataset.sha256):  # streamed: no copy of them
+        for text in texts:  # (a path may hold a lone surrogate: a name that is not UTF-8)
+            hashed.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        hashed.update(b"\1")
+    digest = hashed.hexdigest()
     differs = ranks.on_main(lambda: digest) != digest
     mismatched = int(ranks.sum([differs])[0])
     if mismatched:

@@ -160,6 +160,14 @@ class Shards:
         where = np.array([self.rows[sha] for sha in shas], np.int64).reshape(-1, 2)
         return CachedRows(self.arrays, where[:, 0], where[:, 1], shape, dtype)
 
+    def rows_held(
+        self, shas: list[str], shape: tuple, dtype: np.dtype | type
+    ) -> tuple[CachedRows, np.ndarray]:
+        """The rows of those of these contents that the store holds, in order, and which those
+        are ((len(shas),) bool)."""
+        held = np.array([sha in self.rows for sha in shas], dtype=bool)
+        return self.rows_of([sha for sha, h in zip(shas, held) if h], shape, dtype), held
+
 
 def load_images(
     manifest: Manifest,
@@ -208,14 +216,15 @@ def load_images(
             shards.add([sha for sha, _ in good], pixels, remembered)
             del pixels, results, good  # the shard holds them now
         shards.failed.update(too_large)  # for this call only
-    ok = np.array([item.sha256 in shards.rows for item in manifest.items], dtype=bool)
+    pixels, ok = shards.rows_held(
+        [item.sha256 for item in manifest.items], (size, size, 3), np.uint8
+    )
     failures = {
         index: shards.failed[item.sha256]
         for index, item in enumerate(manifest.items)
         if not ok[index]
     }
-    kept = [item.sha256 for item, decoded in zip(manifest.items, ok) if decoded]
-    return DecodedImages(shards.rows_of(kept, (size, size, 3), np.uint8), ok, failures, len(todo))
+    return DecodedImages(pixels, ok, failures, len(todo))
 
 
 def _check_space(new: int, at_once: int, size: int, folder: Path) -> None:

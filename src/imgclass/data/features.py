@@ -179,9 +179,9 @@ def load_features(
         good = [item.sha256 for item, ok in zip(todo, images.ok) if ok]
         if good:
             _extract_into(store, good, images.pixels, model, device, progress)
-    ok = np.array([item.sha256 in store.rows for item in manifest.items], dtype=bool)
-    kept = [item.sha256 for item, decoded in zip(manifest.items, ok) if decoded]
-    features = store.rows_of(kept, (model.net.num_features,), np.float32)
+    features, ok = store.rows_held(
+        [item.sha256 for item in manifest.items], (model.net.num_features,), np.float32
+    )
     failures = {
         index: failed[item.sha256] for index, item in enumerate(manifest.items) if not ok[index]
     }
